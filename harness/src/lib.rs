@@ -1,0 +1,22 @@
+//! poolstress-harness: the runner (tags, profiles, deadlines, exclusive
+//! tests, reports) that poolstress's suites run in. Users normally depend on
+//! the `poolstress` facade crate instead.
+#![deny(missing_docs)]
+
+pub mod cleanup;
+pub mod cli;
+mod ctx;
+pub mod exit;
+mod lock;
+mod metric;
+mod profile;
+mod registry;
+pub mod report;
+mod runner;
+pub mod tag;
+
+pub use ctx::{Event, FixtureFailure, Skipped, TestCtx};
+pub use metric::{median, Direction, Metric};
+pub use profile::Profile;
+pub use registry::{InstanceName, Registry, TestDef, TestResult};
+pub use runner::{default_deadline, run, run_with, PostRun};

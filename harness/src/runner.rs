@@ -1,0 +1,375 @@
+//! The runner: tag selection on top of libtest-mimic, deadlines, exclusive
+//! scheduling, reports and exit codes.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    panic::AssertUnwindSafe,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use clap::Parser;
+use futures::FutureExt;
+use libtest_mimic::{Arguments, Completion, Failed, FormatSetting, Trial};
+use parking_lot::Mutex;
+
+use crate::{
+    cleanup,
+    cli::{self, Options},
+    ctx::{FixtureFailure, Skipped, TestCtx},
+    exit,
+    lock::TestLock,
+    profile::Profile,
+    registry::{Registry, TestDef},
+    report::{self, JsonReporter, JunitReporter, Outcome, Reporter, RunSummary, TestRecord},
+    tag,
+};
+
+/// A hook that looks at the finished run (baseline checks) and may turn a
+/// passing run into a failing one by returning an exit code.
+pub type PostRun = Box<dyn FnOnce(&Options, &RunSummary) -> Option<u8>>;
+
+/// Runs `registry` with the process's arguments and environment.
+/// Call it from the `main` of a `harness = false` test target and return its
+/// result, so destructors run:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     let mut r = poolstress_harness::Registry::new();
+///     // suites register here
+///     poolstress_harness::run(r)
+/// }
+/// ```
+pub fn run(registry: Registry) -> ExitCode {
+    run_with(registry, std::env::args().skip(1).collect(), Vec::new())
+}
+
+/// Like [`run`] with explicit arguments (without the program name) and post-run hooks.
+pub fn run_with(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> ExitCode {
+    let code = run_inner(registry, args, post_run);
+    cleanup::run_hooks();
+    ExitCode::from(code)
+}
+
+/// The default deadline for a test with `tags` in `profile`: the largest of
+/// its tags' defaults (layer_1 30 s, layer_2 60 s, layer_3 120 s, stress 180 s,
+/// chaos and benchmark 300 s; 120 s for other tags), 4x in nightly.
+pub fn default_deadline(tags: &[String], profile: Profile) -> Duration {
+    let secs = tags
+        .iter()
+        .map(|t| match t.as_str() {
+            tag::LAYER_1 => 30,
+            tag::LAYER_2 => 60,
+            tag::STRESS => 180,
+            tag::CHAOS | tag::BENCHMARK => 300,
+            _ => 120,
+        })
+        .max()
+        .unwrap_or(120);
+    Duration::from_secs(secs * profile.pick(1, 4))
+}
+
+fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u8 {
+    let (opts, rest) = match cli::split_args(args, |k| std::env::var(k).ok()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{}", cli::HELP);
+            return exit::USAGE;
+        }
+    };
+    let argv = std::iter::once("stress".to_string()).chain(rest);
+    let args = match Arguments::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => exit::SUCCESS,
+                _ => exit::USAGE,
+            };
+            let _ = e.print();
+            if code == exit::SUCCESS {
+                println!("\n{}", cli::HELP);
+            }
+            return code;
+        }
+    };
+
+    let known = registry.known_tags();
+    let unknown = opts.selection.unknown(&known);
+    if !unknown.is_empty() {
+        let list = |v: Vec<&str>| v.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+        eprintln!(
+            "error: unknown tag{} {} (known tags: {}).\nDeclare a custom tag with Registry::declare_tag, or fix the spelling.",
+            if unknown.len() > 1 { "s" } else { "" },
+            list(unknown),
+            known.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        return exit::USAGE;
+    }
+
+    let total = registry.tests.len();
+    let selected: Vec<TestDef> = registry.tests.into_iter().filter(|t| opts.selection.matches(&t.tags)).collect();
+    let tag_filtered = (total - selected.len()) as u64;
+
+    if args.list {
+        return list(&args, &selected);
+    }
+
+    let seed = opts.seed.unwrap_or_else(run_seed);
+    cleanup::install_signal_handler();
+    if !args.quiet {
+        eprintln!(
+            "poolstress: profile {}, seed {seed} (replay with --seed {seed}), {} of {total} tests selected by tag ({}), reports in {}",
+            opts.profile,
+            selected.len(),
+            opts.selection.describe(),
+            opts.report_dir.display()
+        );
+    }
+
+    let records: Arc<Mutex<Vec<TestRecord>>> = Arc::new(Mutex::new(Vec::new()));
+    let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let start = Instant::now();
+    let mut trials = Vec::with_capacity(selected.len());
+    let mut statically_ignored = Vec::new();
+    for def in &selected {
+        let trial = make_trial(def, &opts, seed, records.clone());
+        if args.is_ignored(&trial) && !args.is_filtered_out(&trial) {
+            statically_ignored.push(TestRecord {
+                name: def.name.clone(),
+                tags: def.tags.clone(),
+                outcome: Outcome::Ignored,
+                message: def.ignored.clone(),
+                fixture_failure: false,
+                duration_ms: 0.0,
+                seed: 0,
+                metrics: Vec::new(),
+                events: Vec::new(),
+                attachments: BTreeMap::new(),
+                notes: Vec::new(),
+            });
+        }
+        trials.push(trial);
+    }
+    let existing_tags: Vec<String> = known.iter().cloned().collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+
+    let mut tests = std::mem::take(&mut *records.lock());
+    tests.extend(statically_ignored);
+    tests.sort_by(|a, b| a.name.cmp(&b.name));
+    let summary = RunSummary {
+        format_version: 1,
+        started_unix_s,
+        profile: opts.profile.to_string(),
+        seed,
+        selection: opts.selection.describe(),
+        passed: conclusion.num_passed,
+        failed: conclusion.num_failed,
+        ignored: conclusion.num_ignored,
+        filtered_out: conclusion.num_filtered_out + tag_filtered,
+        duration_ms: start.elapsed().as_secs_f64() * 1e3,
+        run: report::take_run_facts(),
+        tests,
+    };
+    write_reports(&opts, &summary, args.quiet);
+
+    let ran = conclusion.num_passed + conclusion.num_failed;
+    if conclusion.num_failed > 0 {
+        let failed: Vec<&TestRecord> = summary.tests.iter().filter(|t| t.outcome == Outcome::Failed).collect();
+        if !failed.is_empty() && failed.iter().all(|t| t.fixture_failure) {
+            eprintln!("poolstress: every failure was a fixture that could not be provided (exit code {})", exit::FIXTURE_FAILURE);
+            return exit::FIXTURE_FAILURE;
+        }
+        return exit::TEST_FAILURE;
+    }
+    if ran == 0 && !opts.allow_empty {
+        let filter = args.filter.as_deref().map(|f| format!(", name filter \"{f}\"")).unwrap_or_default();
+        eprintln!(
+            "error: the selection ran no test ({}{filter}; {} of {total} tests matched the tags, {} ignored or skipped).\n\
+             Tags that exist: {}.\nSee them with `--list`; pass --allow-empty (or POOLSTRESS_ALLOW_EMPTY=1) if an empty run is intended.",
+            opts.selection.describe(),
+            selected.len(),
+            conclusion.num_ignored,
+            existing_tags.join(", "),
+        );
+        return exit::NO_TESTS;
+    }
+    let mut code = exit::SUCCESS;
+    for hook in post_run {
+        if let Some(c) = hook(&opts, &summary) {
+            code = code.max(c);
+        }
+    }
+    code
+}
+
+fn list(args: &Arguments, selected: &[TestDef]) -> u8 {
+    // nextest parses `--list --format terse`: keep libtest's exact lines there.
+    let trials: Vec<Trial> = selected
+        .iter()
+        .map(|d| Trial::test(d.name.clone(), || Ok(())).with_ignored_flag(d.ignored.is_some()))
+        .collect();
+    if matches!(args.format, Some(FormatSetting::Terse)) {
+        let _listed = libtest_mimic::run(args, trials);
+        return exit::SUCCESS;
+    }
+    let mut out = std::io::stdout().lock();
+    let mut n = 0;
+    for (d, t) in selected.iter().zip(&trials) {
+        if args.is_filtered_out(t) || (args.ignored && d.ignored.is_none()) {
+            continue;
+        }
+        n += 1;
+        let mut extra = String::new();
+        if d.is_exclusive() {
+            extra.push_str(" exclusive");
+        }
+        if let Some(r) = &d.ignored {
+            extra.push_str(&format!(" (ignored: {r})"));
+        }
+        if let Some(r) = &d.skip {
+            extra.push_str(&format!(" (skipped: {r})"));
+        }
+        let _ = writeln!(out, "{}: test [{}]{extra}", d.name, d.tags.join(", "));
+    }
+    let _ = writeln!(out, "\n{n} tests");
+    exit::SUCCESS
+}
+
+fn make_trial(def: &TestDef, opts: &Options, run_seed: u64, records: Arc<Mutex<Vec<TestRecord>>>) -> Trial {
+    let name = def.name.clone();
+    let tags = def.tags.clone();
+    let body = def.body.clone();
+    let exclusive = def.is_exclusive();
+    let deadline = opts.deadline.or(def.deadline).unwrap_or_else(|| default_deadline(&def.tags, opts.profile));
+    let profile = opts.profile;
+    let report_dir = opts.report_dir.clone();
+    let static_skip = def.skip.clone();
+    let ignored_reason = def.ignored.clone();
+    Trial::ignorable_test(def.name.clone(), move || {
+        let ctx = TestCtx::new(&name, &tags, profile, run_seed, &report_dir);
+        let started = Instant::now();
+        let (outcome, message, fixture_failure) = if let Some(reason) = static_skip {
+            (Outcome::Skipped, Some(reason), false)
+        } else {
+            let _lock = match TestLock::acquire(exclusive) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("poolstress: could not take the test lock ({e}); {name} runs without exclusivity");
+                    None
+                }
+            };
+            execute(&ctx, body, deadline)
+        };
+        let message = match (outcome, message, ignored_reason) {
+            (Outcome::Failed, Some(m), Some(r)) => Some(format!("{m}\n(known finding, marked ignored: {r})")),
+            (_, m, _) => m,
+        };
+        let notes = ctx.inner.notes.lock().clone();
+        let record = TestRecord {
+            name: name.clone(),
+            tags: tags.clone(),
+            outcome,
+            message: message.clone(),
+            fixture_failure,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            seed: ctx.seed(),
+            metrics: ctx.metrics(),
+            events: ctx.events(),
+            attachments: ctx.inner.attachments.lock().clone(),
+            notes: notes.clone(),
+        };
+        records.lock().push(record);
+        match outcome {
+            Outcome::Passed => Ok(Completion::Completed),
+            Outcome::Skipped | Outcome::Ignored => Ok(Completion::ignored_with(message.unwrap_or_default())),
+            Outcome::Failed => {
+                let mut msg = message.unwrap_or_default();
+                msg.push_str(&format!("\n(seed {} for this test; replay the run with --seed {run_seed})", ctx.seed()));
+                for n in notes {
+                    msg.push_str(&format!("\n  note: {n}"));
+                }
+                Err(Failed::from(msg))
+            }
+        }
+    })
+    .with_ignored_flag(def.ignored.is_some())
+}
+
+/// Runs one body on its own runtime under its deadline. A panic or a missed
+/// deadline fails only this test; the runtime is shut down so every task the
+/// test spawned is dropped (and its guards heal).
+fn execute(ctx: &TestCtx, body: crate::registry::Body, deadline: Duration) -> (Outcome, Option<String>, bool) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2))
+        .enable_all()
+        .thread_name("poolstress-test")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return (Outcome::Failed, Some(format!("could not start a tokio runtime: {e}")), false),
+    };
+    let fut = body(ctx.clone());
+    let result = rt.block_on(async { tokio::time::timeout(deadline, AssertUnwindSafe(fut).catch_unwind()).await });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Err(_elapsed) => (
+            Outcome::Failed,
+            Some(format!("deadline of {:.1?} exceeded while: {}", deadline, ctx.current_step())),
+            false,
+        ),
+        Ok(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            (Outcome::Failed, Some(format!("panicked: {msg} (while: {})", ctx.current_step())), false)
+        }
+        Ok(Ok(Ok(()))) => (Outcome::Passed, None, false),
+        Ok(Ok(Err(e))) => {
+            if let Some(s) = e.downcast_ref::<Skipped>() {
+                return (Outcome::Skipped, Some(s.0.clone()), false);
+            }
+            let fixture = e.chain().any(|c| c.is::<FixtureFailure>());
+            (Outcome::Failed, Some(format!("{e:#}")), fixture)
+        }
+    }
+}
+
+fn run_seed() -> u64 {
+    // Every process of one nextest run shares the run's seed.
+    if let Ok(id) = std::env::var("NEXTEST_RUN_ID") {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in id.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+        return h % 1_000_000_000;
+    }
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as u64;
+    (nanos ^ ((std::process::id() as u64) << 32)) % 1_000_000_000
+}
+
+fn write_reports(opts: &Options, summary: &RunSummary, quiet: bool) {
+    // Under nextest every test is its own process: keep one report per process.
+    let (dir, json_name) = match std::env::var("NEXTEST_RUN_ID") {
+        Ok(id) => {
+            let first = summary.tests.first().map(|t| crate::ctx::slug(&t.name)).unwrap_or_else(|| "empty".into());
+            (opts.report_dir.join("nextest").join(id), Some(format!("{first}.json")))
+        }
+        Err(_) => (opts.report_dir.clone(), None),
+    };
+    let mut reporters: Vec<Box<dyn Reporter>> = vec![Box::new(JsonReporter { file_name: json_name.clone() })];
+    if json_name.is_none() {
+        reporters.push(Box::new(JunitReporter));
+    }
+    for mut r in reporters {
+        match r.run_finished(summary, &dir) {
+            Ok(Some(path)) if !quiet => eprintln!("poolstress: {} report: {}", r.name(), path.display()),
+            Ok(_) => {}
+            Err(e) => eprintln!("poolstress: could not write the {} report to {}: {e}", r.name(), dir.display()),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Tests that exist only to be run by the self-tests, in a child process
+//! started with `POOLSTRESS_SELFTEST_FIXTURES=1`: one per runner behaviour.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use poolstress_harness::{FixtureFailure, Metric, Registry};
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// Registers the fixture tests (tags start with `fx_`).
+pub fn register(r: &mut Registry) {
+    r.test("selftest_fixture::pass", &["fx_a"], |ctx| async move {
+        ctx.record(Metric::lower("answer_ms", 42.0));
+        ctx.event("did the work");
+        Ok(())
+    });
+    r.test("selftest_fixture::fail", &["fx_fail"], |_ctx| async { anyhow::bail!("this fixture test fails on purpose") });
+    r.test("selftest_fixture::panic", &["fx_panic"], |_ctx| async { panic!("this fixture test panics on purpose") });
+    r.test("selftest_fixture::deadline", &["fx_deadline"], |ctx| async move {
+        ctx.step("waiting for a condition that never comes");
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+    .deadline(Duration::from_millis(300));
+    r.test("selftest_fixture::skip", &["fx_skip"], |ctx| async move { Err(ctx.skip("no TLS-enabled server")) });
+    r.test("selftest_fixture::fixture_missing", &["fx_fixture"], |_ctx| async {
+        Err(anyhow::Error::new(FixtureFailure("no Docker engine and no server binaries".into())))
+    });
+    r.test("selftest_fixture::ignored", &["fx_ignored"], |_ctx| async { anyhow::bail!("known finding") })
+        .ignore("finding kept failing on purpose");
+    r.test("selftest_fixture::seeded", &["fx_seed"], |ctx| async move {
+        use rand::Rng;
+        let v: u64 = ctx.rng().random();
+        ctx.attach("draw", v);
+        Ok(())
+    });
+    // Exclusive scheduling: each records the wall-clock window it ran in.
+    for (name, exclusive) in
+        [("excl_a", true), ("excl_b", true), ("shared_1", false), ("shared_2", false), ("shared_3", false)]
+    {
+        r.test(format!("selftest_fixture::{name}"), &["fx_excl"], |ctx| async move {
+            let start = now_ns();
+            // The work being scheduled: long enough that overlaps would show.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            ctx.attach("window", [start, now_ns()]);
+            Ok(())
+        })
+        .exclusive(exclusive);
+    }
+}
