@@ -24,6 +24,7 @@ pub use poolstress_harness::{
 };
 
 pub mod selftest;
+pub mod suites;
 
 /// Registers every poolstress suite.
 pub fn register_all(r: &mut Registry) {
@@ -33,6 +34,7 @@ pub fn register_all(r: &mut Registry) {
         return;
     }
     selftest::register(r);
+    suites::register(r);
 }
 
 /// Runs `registry` with the process's arguments (see [`poolstress_harness::run`]).
