@@ -3,6 +3,7 @@
 //! the `poolstress` facade crate instead.
 #![deny(missing_docs)]
 
+mod class;
 pub mod cleanup;
 pub mod cli;
 mod ctx;
@@ -15,6 +16,7 @@ pub mod report;
 mod runner;
 pub mod tag;
 
+pub use class::{Classify, ConnectionCounter, ErrorClass};
 pub use ctx::{Event, FixtureFailure, Skipped, TestCtx};
 pub use metric::{median, Direction, Metric};
 pub use profile::Profile;
