@@ -27,6 +27,9 @@ pub struct Options {
     pub check_baselines: bool,
     /// `--baseline-dir DIR` (default `baselines`).
     pub baseline_dir: PathBuf,
+    /// `--strict-baselines`: with `--check-baselines`, a metric without a
+    /// baseline (or a baseline without a measurement) fails too.
+    pub strict_baselines: bool,
 }
 
 /// A command line or environment poolstress cannot run with.
@@ -50,6 +53,7 @@ const SWITCHES: &[(&str, &str)] = &[
     ("--allow-empty", "POOLSTRESS_ALLOW_EMPTY"),
     ("--update-baselines", "POOLSTRESS_UPDATE_BASELINES"),
     ("--check-baselines", "POOLSTRESS_CHECK_BASELINES"),
+    ("--strict-baselines", "POOLSTRESS_STRICT_BASELINES"),
 ];
 
 /// The help text for poolstress's flags, printed after libtest's on `--help`.
@@ -68,6 +72,8 @@ poolstress options (on top of libtest's):
     --update-baselines  rewrite the measured baseline keys [env POOLSTRESS_UPDATE_BASELINES]
     --check-baselines   fail with exit code 5 on regression (default in nightly)
                         [env POOLSTRESS_CHECK_BASELINES]
+    --strict-baselines  with --check-baselines, a metric with no baseline fails too
+                        [env POOLSTRESS_STRICT_BASELINES]
     --baseline-dir DIR  baseline files (default baselines) [env POOLSTRESS_BASELINE_DIR]
 exit codes: 0 ok, 2 usage, 3 fixture (service) failure, 4 no tests ran, 5 baseline
 regression, 101 test failure, 130 interrupted";
@@ -154,7 +160,8 @@ pub fn split_args(
         seed,
         update_baselines,
         check_baselines,
-        baseline_dir: get("--baseline-dir").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("baselines")),
+        baseline_dir: get("--baseline-dir").map(PathBuf::from).unwrap_or_else(default_baseline_dir),
+        strict_baselines: switch("--strict-baselines"),
     };
     Ok((options, rest))
 }
@@ -173,6 +180,21 @@ fn example(flag: &str) -> &'static str {
         "--seed" => "1234",
         _ => "DIR",
     }
+}
+
+/// `baselines/` of the workspace the test binary was built in (cargo runs
+/// test binaries from the package dir, not the workspace root), else `./baselines`.
+fn default_baseline_dir() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(target) = exe.ancestors().find(|p| p.file_name().is_some_and(|n| n == "target")) {
+            if let Some(root) = target.parent() {
+                if root.join("baselines").is_dir() {
+                    return root.join("baselines");
+                }
+            }
+        }
+    }
+    PathBuf::from("baselines")
 }
 
 /// `$CARGO_TARGET_DIR/poolstress`, else `target/poolstress` at the workspace

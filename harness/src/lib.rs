@@ -3,6 +3,7 @@
 //! the `poolstress` facade crate instead.
 #![deny(missing_docs)]
 
+pub mod baseline;
 mod class;
 pub mod cleanup;
 pub mod cli;

@@ -176,15 +176,7 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
     write_reports(&opts, &summary, args.quiet);
 
     let ran = conclusion.num_passed + conclusion.num_failed;
-    if conclusion.num_failed > 0 {
-        let failed: Vec<&TestRecord> = summary.tests.iter().filter(|t| t.outcome == Outcome::Failed).collect();
-        if !failed.is_empty() && failed.iter().all(|t| t.fixture_failure) {
-            eprintln!("poolstress: every failure was a fixture that could not be provided (exit code {})", exit::FIXTURE_FAILURE);
-            return exit::FIXTURE_FAILURE;
-        }
-        return exit::TEST_FAILURE;
-    }
-    if ran == 0 && !opts.allow_empty {
+    if ran == 0 && conclusion.num_failed == 0 && !opts.allow_empty {
         let filter = args.filter.as_deref().map(|f| format!(", name filter \"{f}\"")).unwrap_or_default();
         eprintln!(
             "error: the selection ran no test ({}{filter}; {} of {total} tests matched the tags, {} ignored or skipped).\n\
@@ -196,13 +188,22 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
         );
         return exit::NO_TESTS;
     }
-    let mut code = exit::SUCCESS;
+    // Baselines are compared (and updates refused) even when tests failed.
+    let mut post = crate::baseline::post_run(&opts, &summary);
     for hook in post_run {
         if let Some(c) = hook(&opts, &summary) {
-            code = code.max(c);
+            post = Some(post.map_or(c, |p| p.max(c)));
         }
     }
-    code
+    if conclusion.num_failed > 0 {
+        let failed: Vec<&TestRecord> = summary.tests.iter().filter(|t| t.outcome == Outcome::Failed).collect();
+        if !failed.is_empty() && failed.iter().all(|t| t.fixture_failure) {
+            eprintln!("poolstress: every failure was a fixture that could not be provided (exit code {})", exit::FIXTURE_FAILURE);
+            return exit::FIXTURE_FAILURE;
+        }
+        return exit::TEST_FAILURE;
+    }
+    post.unwrap_or(exit::SUCCESS)
 }
 
 fn list(args: &Arguments, selected: &[TestDef]) -> u8 {

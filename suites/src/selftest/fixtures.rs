@@ -36,6 +36,17 @@ pub fn register(r: &mut Registry) {
         ctx.attach("draw", v);
         Ok(())
     });
+    // Baselines: the measured value comes from the environment so a self-test
+    // can make it regress.
+    r.test("selftest_fixture::measured", &["fx_metric"], |ctx| async move {
+        let v: f64 = std::env::var("POOLSTRESS_SELFTEST_VALUE").ok().and_then(|v| v.parse().ok()).unwrap_or(100.0);
+        ctx.record(poolstress_harness::Metric::from_samples(
+            "latency_ms",
+            poolstress_harness::Direction::LowerIsBetter,
+            vec![v * 0.99, v, v * 1.01, v * 1.005, v * 0.995],
+        ));
+        Ok(())
+    });
     // Exclusive scheduling: each records the wall-clock window it ran in.
     for (name, exclusive) in
         [("excl_a", true), ("excl_b", true), ("shared_1", false), ("shared_2", false), ("shared_3", false)]

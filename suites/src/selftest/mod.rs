@@ -227,6 +227,36 @@ pub fn register(r: &mut Registry) {
         ensure!(draw(&a) != draw(&c), "different seeds, same draw");
         Ok(())
     });
+    selftest(r, "baselines::update_then_check_then_regression", || async {
+        let dir = tempfile::tempdir()?;
+        let bdir = dir.path().to_str().context("utf8 path")?.to_string();
+        let base = ["--include-tag", "fx_metric", "--baseline-dir", bdir.as_str()];
+        let with = |extra: &[&'static str]| base.iter().copied().chain(extra.iter().copied()).collect::<Vec<&str>>();
+        let c = run_child(&with(&["--update-baselines"]), &[]).await?;
+        ensure!(c.code == 0, "update: {}", c.explain());
+        let file = dir.path().join("quick.toml");
+        let text = std::fs::read_to_string(&file).context("baseline file not written")?;
+        ensure!(text.contains("format-version = 1") && text.contains("[\"selftest_fixture::measured\"]"), "{text}");
+        let c = run_child(&with(&["--check-baselines"]), &[]).await?;
+        ensure!(c.code == 0 && c.stdout.contains("within noise"), "unchanged rerun must pass: {}", c.explain());
+        let c = run_child(&with(&["--check-baselines"]), &[("POOLSTRESS_SELFTEST_VALUE", "125")]).await?;
+        ensure!(c.code == exit::REGRESSION as i32, "+25 % must regress: {}", c.explain());
+        ensure!(c.stdout.contains("latency_ms") && c.stdout.contains("REGRESSED") && c.stdout.contains("+25.0%"), "{}", c.explain());
+        let c = run_child(&with(&["--check-baselines", "--update-baselines"]), &[("POOLSTRESS_SELFTEST_VALUE", "125")]).await?;
+        ensure!(std::fs::read_to_string(&file)?.contains("value = 125.0"), "update after a regression must record the new value");
+        drop(c);
+        // A failed run must not write.
+        let before = std::fs::read_to_string(&file)?;
+        let c = run_child(&["--include-tag", "fx_metric,fx_fail", "--baseline-dir", bdir.as_str(), "--update-baselines"], &[("POOLSTRESS_SELFTEST_VALUE", "1")]).await?;
+        ensure!(c.code == exit::TEST_FAILURE as i32 && c.stderr.contains("not updating"), "{}", c.explain());
+        ensure!(std::fs::read_to_string(&file)? == before, "a failed run rewrote the baselines");
+        // Malformed: file and line and a fix.
+        std::fs::write(&file, "format-version = 1\n\n[\"x\"]\ny = { value = 1, colour = 2 }\n")?;
+        let c = run_child(&with(&["--check-baselines"]), &[]).await?;
+        ensure!(c.code == exit::USAGE as i32, "{}", c.explain());
+        ensure!(c.stderr.contains("quick.toml:4:") && c.stderr.contains("unknown key `colour`") && c.stderr.contains("fix:"), "{}", c.explain());
+        Ok(())
+    });
     selftest(r, "list::shows_tags_and_terse_stays_nextest_compatible", || async {
         let c = run_child(&["--list"], &[]).await?;
         ensure!(c.code == 0, "{}", c.explain());

@@ -1,0 +1,138 @@
+//! Comparison with noise gating: a change is a regression only when it is
+//! beyond the metric's tolerance AND beyond the noise, the noise being
+//! `K_NOISE` times the larger robust spread (1.4826·MAD) of the baseline's and
+//! the new samples (median ± k·MAD). One-sample metrics have no measured
+//! noise and are gated on the tolerance alone.
+
+use serde::Serialize;
+
+use super::file::Baseline;
+use crate::metric::{median, Direction, Metric};
+
+/// How many spreads a change must exceed to be more than noise.
+pub const K_NOISE: f64 = 3.0;
+
+/// The answer for one metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Worse beyond tolerance and noise.
+    Regressed,
+    /// Better beyond tolerance and noise.
+    Improved,
+    /// Within tolerance or within noise.
+    WithinNoise,
+    /// Measured, but no baseline stored.
+    New,
+    /// A baseline exists, but the test ran and did not record it.
+    Missing,
+}
+
+impl Verdict {
+    /// Lowercase label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Regressed => "REGRESSED",
+            Verdict::Improved => "improved",
+            Verdict::WithinNoise => "within noise",
+            Verdict::New => "new",
+            Verdict::Missing => "missing",
+        }
+    }
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// Test instance.
+    pub test: String,
+    /// Metric name.
+    pub metric: String,
+    /// Stored value.
+    pub baseline: Option<f64>,
+    /// Measured value.
+    pub current: Option<f64>,
+    /// Relative change, (current - baseline) / |baseline|.
+    pub delta: Option<f64>,
+    /// The answer.
+    pub verdict: Verdict,
+}
+
+/// Robust spread of samples: 1.4826 × median absolute deviation (0 for < 2 samples).
+pub fn spread(samples: &[f64]) -> f64 {
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let m = median(samples);
+    let dev: Vec<f64> = samples.iter().map(|x| (x - m).abs()).collect();
+    1.4826 * median(&dev)
+}
+
+/// Compares one measured metric against its baseline.
+pub fn compare(base: &Baseline, current: &Metric) -> (Option<f64>, Verdict) {
+    let v = current.value;
+    let b = base.value;
+    let diff = v - b;
+    let delta = if b != 0.0 { diff / b.abs() } else if diff == 0.0 { 0.0 } else { f64::INFINITY.copysign(diff) };
+    let worse = match base.direction {
+        Direction::LowerIsBetter => diff > 0.0,
+        Direction::HigherIsBetter => diff < 0.0,
+    };
+    let noise = K_NOISE * base.spread.max(spread(&current.samples));
+    let beyond_tolerance = delta.abs() > base.tolerance;
+    let beyond_noise = diff.abs() > noise;
+    let verdict = if beyond_tolerance && beyond_noise {
+        if worse {
+            Verdict::Regressed
+        } else {
+            Verdict::Improved
+        }
+    } else {
+        Verdict::WithinNoise
+    };
+    (Some(delta), verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(value: f64, spread: f64, direction: Direction) -> Baseline {
+        Baseline { value, spread, direction, tolerance: 0.10, samples: 5 }
+    }
+
+    fn m(samples: &[f64]) -> Metric {
+        Metric::from_samples("x", Direction::LowerIsBetter, samples.to_vec())
+    }
+
+    #[test]
+    fn spread_of_known_samples() {
+        assert_eq!(spread(&[1.0]), 0.0);
+        // median 3, deviations 2,1,0,1,2 -> MAD 1
+        assert!((spread(&[1.0, 2.0, 3.0, 4.0, 5.0]) - 1.4826).abs() < 1e-9);
+    }
+
+    #[test]
+    fn verdicts() {
+        let b = base(100.0, 2.0, Direction::LowerIsBetter);
+        // +25 %, far beyond 3 x 2.0 noise
+        assert_eq!(compare(&b, &m(&[125.0, 124.0, 126.0])).1, Verdict::Regressed);
+        assert_eq!(compare(&b, &m(&[75.0, 74.0, 76.0])).1, Verdict::Improved);
+        // +5 %: inside tolerance
+        assert_eq!(compare(&b, &m(&[105.0, 105.0, 105.0])).1, Verdict::WithinNoise);
+        // +15 % but the new samples are very noisy: within noise
+        assert_eq!(compare(&b, &m(&[115.0, 60.0, 170.0])).1, Verdict::WithinNoise);
+        // higher is better flips the sign
+        let t = base(1000.0, 10.0, Direction::HigherIsBetter);
+        let mut cur = Metric::higher("t", 700.0);
+        cur.samples = vec![700.0, 701.0, 699.0];
+        assert_eq!(compare(&t, &cur).1, Verdict::Regressed);
+    }
+
+    #[test]
+    fn single_sample_is_gated_on_tolerance_only() {
+        let b = Baseline { value: 100.0, spread: 0.0, direction: Direction::LowerIsBetter, tolerance: 0.5, samples: 1 };
+        assert_eq!(compare(&b, &Metric::lower("x", 140.0)).1, Verdict::WithinNoise);
+        assert_eq!(compare(&b, &Metric::lower("x", 1341.0)).1, Verdict::Regressed);
+    }
+}
