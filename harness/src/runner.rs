@@ -23,7 +23,7 @@ use crate::{
     lock::TestLock,
     profile::Profile,
     registry::{Registry, TestDef},
-    report::{self, JsonReporter, JunitReporter, Outcome, Reporter, RunSummary, TestRecord},
+    report::{self, HtmlReporter, JsonReporter, JunitReporter, Outcome, Reporter, RunSummary, TestRecord},
     tag,
 };
 
@@ -365,6 +365,8 @@ fn write_reports(opts: &Options, summary: &RunSummary, quiet: bool) {
     let mut reporters: Vec<Box<dyn Reporter>> = vec![Box::new(JsonReporter { file_name: json_name.clone() })];
     if json_name.is_none() {
         reporters.push(Box::new(JunitReporter));
+        let baselines = crate::baseline::load(&crate::baseline::path_for(opts)).ok();
+        reporters.push(Box::new(HtmlReporter { baselines }));
     }
     for mut r in reporters {
         match r.run_finished(summary, &dir) {
