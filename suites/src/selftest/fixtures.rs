@@ -47,6 +47,22 @@ pub fn register(r: &mut Registry) {
         ));
         Ok(())
     });
+    // The HTML report's plots: percentiles and a timeline with an event.
+    r.test("selftest_fixture::plotted", &["fx_plot"], |ctx| async move {
+        for (name, v) in [("steady.p50_ms", 1.2), ("steady.p90_ms", 2.5), ("steady.p99_ms", 6.0), ("steady.p99_9_ms", 14.0)] {
+            ctx.record(Metric::lower(name, v));
+        }
+        ctx.event("fault start: latency 300ms");
+        let timeline: Vec<serde_json::Value> = (0..10)
+            .map(|t: i64| {
+                let errors = if t == 4 { 12 } else { 0 };
+                let p99 = 5.0 + t as f64;
+                serde_json::json!({"t_s": t, "ops": 1000 - 40 * t, "errors": errors, "p99_ms": p99})
+            })
+            .collect();
+        ctx.attach("timeline", timeline);
+        Ok(())
+    });
     // Exclusive scheduling: each records the wall-clock window it ran in.
     for (name, exclusive) in
         [("excl_a", true), ("excl_b", true), ("shared_1", false), ("shared_2", false), ("shared_3", false)]
