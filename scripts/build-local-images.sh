@@ -77,7 +77,6 @@ PGBIN=/usr/lib/postgresql/@PG_MAJOR@/bin
 export PATH="$PGBIN:$PATH"
 PGDATA=${PGDATA:-/var/lib/postgresql/data}
 export PGDATA
-PRISTINE=/var/lib/postgresql/pristine
 # `docker run image postgres -c x=y` and `docker run image -c x=y` both start the server;
 # any other command runs as given.
 if [ "${1:-}" = "postgres" ]; then shift; fi
@@ -95,7 +94,19 @@ mkdir -p "$PGDATA" /var/run/postgresql
 chown postgres:postgres "$PGDATA" /var/run/postgresql
 chmod 700 "$PGDATA"
 
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
+# The image carries a cluster made at build time (superuser postgres, marked
+# pristine): configuring it in place saves initdb and a copy at every start.
+MARK="$PGDATA/.poolstress-pristine"
+fresh=""
+if [ -e "$MARK" ]; then
+    if [ "$POSTGRES_USER" = postgres ]; then
+        fresh=pristine
+    else
+        find "$PGDATA" -mindepth 1 -delete # another superuser name: make a new cluster
+    fi
+fi
+[ -s "$PGDATA/PG_VERSION" ] || fresh=initdb
+if [ -n "$fresh" ]; then
     if [ -z "$AUTH" ]; then
         if [ -z "${POSTGRES_PASSWORD:-}" ]; then
             echo "Error: Database is uninitialized and superuser password is not specified." >&2
@@ -104,10 +115,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         fi
         AUTH=scram-sha-256
     fi
-    if [ "$POSTGRES_USER" = postgres ] && [ -s "$PRISTINE/PG_VERSION" ]; then
-        # The image carries a cluster initdb made at build time: copying it
-        # saves most of a second per container start.
-        cp -a "$PRISTINE/." "$PGDATA/"
+    if [ "$fresh" = pristine ]; then
+        rm -f "$MARK"
         sed -i "s/^\(host.*\)trust\$/\1$AUTH/" "$PGDATA/pg_hba.conf"
         if [ "$AUTH" != trust ]; then
             pw=$(printf '%s' "${POSTGRES_PASSWORD:-}" | sed "s/'/''/g")
@@ -223,9 +232,10 @@ build() { # name include entrypoint port hook extra-changes...
 }
 
 if [ -z "$ONLY" ] || [ "$ONLY" = postgres ]; then
-    # A pristine cluster (superuser postgres, trust) the entrypoint copies instead of running initdb.
+    # A pristine cluster (superuser postgres, trust) the entrypoint configures instead of running initdb.
     pristine='chroot "$1" setpriv --reuid=postgres --regid=postgres --init-groups '"/usr/lib/postgresql/$PG_MAJOR/bin/initdb"' \
-        -D /var/lib/postgresql/pristine -U postgres --auth-local=trust --auth-host=trust -E UTF8 --locale=C --no-sync >/dev/null \
+        -D /var/lib/postgresql/data -U postgres --auth-local=trust --auth-host=trust -E UTF8 --locale=C --no-sync >/dev/null \
+        && touch "$1"/var/lib/postgresql/data/.poolstress-pristine \
         || echo "warning: no pristine cluster in the image (initdb failed in the build chroot); containers run initdb" >&2'
     build "$PG_IMAGE" "postgresql-$PG_MAJOR,tini,ssl-cert" postgres-entrypoint.sh 5432 "$pristine" \
         -c "ENV PGDATA=/var/lib/postgresql/data"
