@@ -24,11 +24,16 @@ pub fn register(r: &mut Registry) {
     if std::env::var_os(CHILD_ENV).is_some() {
         register_children(r);
     }
-    r.test("service::smoke::cleanup_after_panic_deadline_and_sigkill", &[tag::LAYER_3, tag::POSTGRES, tag::REDIS], cleanup)
-        .deadline(Duration::from_secs(240));
+    r.test(
+        "service::smoke::cleanup_after_panic_deadline_and_sigkill",
+        &[tag::LAYER_3, tag::POSTGRES, tag::REDIS],
+        cleanup,
+    )
+    .deadline(Duration::from_secs(240));
     r.test("postgres::smoke::query", PG, pg_query);
     r.test("postgres::smoke::restart_survived", PG, pg_restart).exclusive(true);
     r.test("postgres::smoke::pause_hangs_then_heals", PG, pg_pause).exclusive(true);
+    r.test("postgres::smoke::tls_when_requested", PG, pg_tls);
     r.test("redis::smoke::query", REDIS, redis_query);
     r.test("redis::smoke::restart_survived", REDIS, redis_restart).exclusive(true);
     r.test("redis::smoke::pause_hangs_then_heals", REDIS, redis_pause).exclusive(true);
@@ -117,6 +122,21 @@ async fn pg_pause(ctx: TestCtx) -> anyhow::Result<()> {
         .await
         .context("the connection from before the pause did not answer within 10 s of unpausing")?
         .context("the connection from before the pause broke")?;
+    Ok(())
+}
+
+async fn pg_tls(ctx: TestCtx) -> anyhow::Result<()> {
+    let requested = matches!(std::env::var("POOLSTRESS_POSTGRES_TLS").as_deref(), Ok("on" | "1" | "true" | "yes"));
+    if !requested {
+        return Err(ctx.skip("TLS not requested (POOLSTRESS_POSTGRES_TLS=on with poolstress's local postgres image)"));
+    }
+    let pg = service::postgres().await?;
+    ensure!(
+        pg.tls_enabled().await?,
+        "POOLSTRESS_POSTGRES_TLS=on but the {} server has ssl off; TLS needs the docker backend with poolstress's \
+         local image (scripts/build-local-images.sh)",
+        pg.backend()
+    );
     Ok(())
 }
 
@@ -251,7 +271,11 @@ fn register_children(r: &mut Registry) {
 }
 
 /// Runs this binary as a child with `args`; returns (exit code, stderr).
-async fn child(args: &[&str], marker: Option<&std::path::Path>, kill_when_marked: bool) -> anyhow::Result<(u32, Option<i32>, String)> {
+async fn child(
+    args: &[&str],
+    marker: Option<&std::path::Path>,
+    kill_when_marked: bool,
+) -> anyhow::Result<(u32, Option<i32>, String)> {
     let report = tempfile::tempdir()?;
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
     cmd.args(args)
@@ -287,15 +311,24 @@ async fn child(args: &[&str], marker: Option<&std::path::Path>, kill_when_marked
         }
         c.start_kill()?; // SIGKILL: no destructor, no at-exit hook runs
     }
-    let status = tokio::time::timeout(Duration::from_secs(150), c.wait()).await.context("the child run did not end")??;
+    let status =
+        tokio::time::timeout(Duration::from_secs(150), c.wait()).await.context("the child run did not end")??;
     Ok((pid, status.code(), read.await?))
 }
 
 async fn cleanup(ctx: TestCtx) -> anyhow::Result<()> {
     ctx.step("a child run where one test panics and one misses its deadline");
-    let (pid, code, stderr) = child(&["smoke_child::", "--skip", "smoke_child::hangs_until_killed", "--skip", "smoke_child::sweeps"], None, false).await?;
+    let (pid, code, stderr) = child(
+        &["smoke_child::", "--skip", "smoke_child::hangs_until_killed", "--skip", "smoke_child::sweeps"],
+        None,
+        false,
+    )
+    .await?;
     ensure!(code == Some(101), "the child run should fail its two tests (exit 101), got {code:?}:\n{stderr}");
-    ensure!(stderr.contains("postgres ready") && stderr.contains("redis ready"), "the child never had its servers:\n{stderr}");
+    ensure!(
+        stderr.contains("postgres ready") && stderr.contains("redis ready"),
+        "the child never had its servers:\n{stderr}"
+    );
     let left = service::leftovers_of(pid).await;
     ensure!(left.is_empty(), "after a panic and a missed deadline the child (pid {pid}) left: {left:?}\n{stderr}");
 
@@ -310,7 +343,10 @@ async fn cleanup(ctx: TestCtx) -> anyhow::Result<()> {
     let (_, code, sweeper) = child(&["smoke_child::sweeps", "--exact"], None, false).await?;
     ensure!(code == Some(0), "the sweeping child failed ({code:?}):\n{sweeper}");
     let still = service::leftovers_of(killed).await;
-    ensure!(still.is_empty(), "the next run did not remove what the SIGKILLed run (pid {killed}) left: {still:?}\n{stderr}\n{sweeper}");
+    ensure!(
+        still.is_empty(),
+        "the next run did not remove what the SIGKILLed run (pid {killed}) left: {still:?}\n{stderr}\n{sweeper}"
+    );
     if !left.is_empty() {
         ensure!(sweeper.contains("removed leftovers"), "the sweep removed {left:?} without saying so:\n{sweeper}");
     }
