@@ -42,7 +42,9 @@ pub fn register(r: &mut Registry) {
 async fn pg_query(ctx: TestCtx) -> anyhow::Result<()> {
     ctx.step("getting the postgres server");
     let pg = service::postgres().await?;
+    let t = Instant::now();
     let db = pg.test_db(&ctx).await?;
+    ctx.record(Metric::lower("test_db_ms", t.elapsed().as_secs_f64() * 1e3));
     let other = pg.test_db(&poolstress_harness::TestCtx::detached("smoke other test")).await?;
     ensure!(db.target.dbname != other.target.dbname, "two tests got the same database {}", db.target.dbname);
 
