@@ -404,7 +404,7 @@ impl MockConn {
         wait(p.faults.op_latency_ns.load(SeqCst)).await;
         let every = |x: &AtomicU64| {
             let k = x.load(SeqCst);
-            k > 0 && n % k == 0
+            k > 0 && n.is_multiple_of(k)
         };
         if every(&p.faults.break_every) {
             c.broken = true;

@@ -82,7 +82,6 @@ async fn gate(mut rx: watch::Receiver<Option<Instant>>) -> Option<Instant> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn closed_worker<F, Fut, T, E>(
     op: Arc<F>,
     rx: watch::Receiver<Option<Instant>>,
