@@ -25,6 +25,7 @@ pub use poolstress_harness::{
 
 pub mod selftest;
 pub mod suites;
+pub mod util;
 
 /// Registers every poolstress suite.
 pub fn register_all(r: &mut Registry) {

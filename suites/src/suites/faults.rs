@@ -493,7 +493,9 @@ async fn pg_pause(ctx: TestCtx) -> anyhow::Result<()> {
     let c = client.clone();
     let q = tokio::spawn(async move { c.query_one("SELECT 40 + 2", &[]).await.map(|r| r.get::<_, i32>(0)) });
     tokio::time::sleep(HANG).await; // proving a hang takes time
-    ensure!(!q.is_finished(), "a query finished against a paused server");
+    if q.is_finished() {
+        bail!("a query finished against a paused server: {:?}", q.await);
+    }
     ctx.step("unpausing");
     paused.heal().await.map_err(|e| e.into_test_error(&ctx))?;
     let v = tokio::time::timeout(Duration::from_secs(10), q).await.context("the query stayed stuck after unpause")???;

@@ -2,11 +2,17 @@
 
 use poolstress_harness::Registry;
 
+pub mod conformance;
+pub mod faults;
 pub mod harness_bench;
+pub mod layer2;
 pub mod smoke;
 
 /// Registers every suite.
 pub fn register(r: &mut Registry) {
+    conformance::register(r);
+    faults::register(r);
     harness_bench::register(r);
+    layer2::register(r);
     smoke::register(r);
 }
