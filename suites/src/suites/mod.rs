@@ -2,6 +2,7 @@
 
 use poolstress_harness::Registry;
 
+pub mod bench;
 pub mod conformance;
 pub mod faults;
 pub mod harness_bench;
@@ -10,6 +11,7 @@ pub mod smoke;
 
 /// Registers every suite.
 pub fn register(r: &mut Registry) {
+    bench::register(r);
     conformance::register(r);
     faults::register(r);
     harness_bench::register(r);
