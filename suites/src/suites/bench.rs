@@ -14,13 +14,13 @@
 //! regression gate fires (update → check passes → inject → exit 5 naming the
 //! metric), and how a user can check the gate of their own CI.
 
-use std::{path::Path, process::Command, sync::Arc, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{bail, ensure, Context};
 use futures::future::BoxFuture;
 use poolstress_fixtures::{
     fault::{FaultKind, FaultProxy, FaultSpec},
-    pool::{self, Adapter, Op, PoolConfig, PoolError, Postgres, Redis},
+    pool::{self, Adapter, Knob, Op, PoolConfig, PoolError, Postgres, Redis},
 };
 use poolstress_harness::{
     exit,
@@ -99,7 +99,10 @@ async fn point_read<S: Proxied>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<(
         }
         None => None,
     };
-    let cfg = PoolConfig::new(max).acquire_timeout(Duration::from_secs(10));
+    let mut cfg = PoolConfig::new(max);
+    if a.capabilities().supports(Knob::AcquireTimeout) {
+        cfg = cfg.acquire_timeout(Duration::from_secs(10));
+    }
     let pool = a
         .build(&cfg, &via)
         .await
