@@ -30,6 +30,7 @@ pub fn register(r: &mut Registry) {
         cleanup,
     )
     .deadline(Duration::from_secs(240));
+    r.test("service::smoke::no_server_names_the_three_ways", &[tag::LAYER_1], no_server);
     r.test("postgres::smoke::query", PG, pg_query);
     r.test("postgres::smoke::restart_survived", PG, pg_restart).exclusive(true);
     r.test("postgres::smoke::pause_hangs_then_heals", PG, pg_pause).exclusive(true);
@@ -351,6 +352,46 @@ async fn cleanup(ctx: TestCtx) -> anyhow::Result<()> {
     );
     if !left.is_empty() {
         ensure!(sweeper.contains("removed leftovers"), "the sweep removed {left:?} without saying so:\n{sweeper}");
+    }
+    Ok(())
+}
+
+/// With no Docker engine and no server binaries, a layer_3 test fails with
+/// the fixture exit code and a message naming the three ways to get a
+/// server, under `auto` and under `local`. Needs no server: it proves there
+/// is none.
+async fn no_server(ctx: TestCtx) -> anyhow::Result<()> {
+    let empty = tempfile::tempdir()?;
+    for backend in ["auto", "local"] {
+        ctx.step(format!("a child run of postgres::smoke::query with POOLSTRESS_BACKEND={backend}, no docker, no binaries"));
+        let report = tempfile::tempdir()?;
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(["--include-tag", "layer_3", "--exact", "postgres::smoke::query", "--report-dir"])
+            .arg(report.path())
+            .env("POOLSTRESS_BACKEND", backend)
+            .env("PATH", empty.path())
+            .env("POOLSTRESS_PG_BIN_DIR", empty.path())
+            .env("POOLSTRESS_REDIS_BIN_DIR", empty.path())
+            .env("DOCKER_HOST", "unix:///nonexistent/poolstress-no-docker.sock")
+            .env("POOLSTRESS_LOCK_FILE", report.path().join("test.lock"))
+            .env_remove("POOLSTRESS_POSTGRES_URL")
+            .env_remove("POOLSTRESS_REDIS_URL")
+            .env_remove("POOLSTRESS_INCLUDE_TAGS")
+            .env_remove("POOLSTRESS_EXCLUDE_TAGS")
+            .env_remove("NEXTEST_RUN_ID");
+        let out = tokio::time::timeout(Duration::from_secs(120), tokio::task::spawn_blocking(move || cmd.output()))
+            .await
+            .context("the child run did not end within 120 s")???;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let code = out.status.code();
+        ensure!(
+            code == Some(i32::from(poolstress_harness::exit::FIXTURE_FAILURE)),
+            "POOLSTRESS_BACKEND={backend} with no server anywhere: want exit {} (no service), got {code:?}:\n{text}",
+            poolstress_harness::exit::FIXTURE_FAILURE
+        );
+        for want in ["Three ways to get a server", "POOLSTRESS_BACKEND=docker", "build-local-images.sh", "POOLSTRESS_BACKEND=local", "POOLSTRESS_POSTGRES_URL"] {
+            ensure!(text.contains(want), "POOLSTRESS_BACKEND={backend}: the message lacks {want:?}:\n{text}");
+        }
     }
     Ok(())
 }
