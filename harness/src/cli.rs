@@ -197,14 +197,21 @@ fn default_baseline_dir() -> PathBuf {
     PathBuf::from("baselines")
 }
 
-/// `$CARGO_TARGET_DIR/poolstress`, else `target/poolstress` at the workspace
-/// root (found from the test binary's path), else `./target/poolstress`.
+/// `$CARGO_TARGET_DIR/poolstress`, else `poolstress/` in the target dir the
+/// test binary was built in (found from its path), else `./target/poolstress`.
 fn default_report_dir() -> PathBuf {
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(t).join("poolstress");
     }
     if let Ok(exe) = std::env::current_exe() {
-        // target/<profile>/deps/<binary>
+        // <target dir>/<profile>/deps/<test binary> or .../examples/<example>,
+        // whatever the target dir is called (`build.target-dir`).
+        let dir = exe.parent();
+        if dir.and_then(|d| d.file_name()).is_some_and(|n| n == "deps" || n == "examples") {
+            if let Some(target) = dir.and_then(|d| d.parent()).and_then(|p| p.parent()) {
+                return target.join("poolstress");
+            }
+        }
         if let Some(target) = exe.ancestors().find(|p| p.file_name().is_some_and(|n| n == "target")) {
             return target.join("poolstress");
         }
