@@ -32,8 +32,8 @@ pub(super) async fn unresolvable_host<S: EdgeService>(ctx: TestCtx, a: Adapter<S
     let fx = S::provide(&ctx).await?;
     let target = S::with_host(&fx.target, UNRESOLVABLE);
     let cfg = Tune::new(&a.capabilities(), 2)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_timeout(Duration::from_secs(3))
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
         .done();
     let name = a.name();
 

@@ -1,7 +1,7 @@
 //! A pool's life while it is used.
 //!
 //! - `close_while_active`: `close()` with 5 connections checked out, one of
-//!   them running a long operation (1 s; 2 s nightly) server side: close
+//!   them running a long operation (2 s; 600 ms in quick) server side: close
 //!   completes within 10 s, the long op ends (either way) without hanging,
 //!   nothing of the test is left server side, and a pool's later acquires
 //!   fail as `pool_closed`.
@@ -41,7 +41,7 @@ use crate::suites::{
 };
 
 pub(super) async fn close_while_active<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
-    let long = ctx.profile().pick(Duration::from_secs(1), Duration::from_secs(2));
+    let long = ctx.profile().pick(Duration::from_millis(600), Duration::from_secs(2));
     let caps = a.capabilities();
     let cfg = Tune::new(&caps, 10)
         .acquire_timeout(Duration::from_secs(2))

@@ -35,7 +35,28 @@ mod tls;
 
 /// Known findings in real pools: `(scenario, adapter, reason)`. The test
 /// stays registered, fails when run, and is marked ignored with the reason.
-pub const FINDINGS: &[Finding] = &[];
+pub const FINDINGS: &[Finding] = &[
+    (
+        "slow_queries_do_not_starve_fast",
+        "redis-manager",
+        "redis 1.8.1 ConnectionManager: every caller shares one multiplexed connection, so a blocking command (BLPOP, \
+         the Redis slow op) holds up every command queued behind it: with 5 slow ops of 800 ms running, all 10 fast PINGs \
+         waited until the 4 s op timeout (head-of-line blocking)",
+    ),
+    (
+        "broken_connection_not_reused",
+        "redis-manager",
+        "redis 1.8.1 ConnectionManager (RESP2, the default): after the server killed the connection, the next command \
+         fails with broken pipe (connection_broken); the manager reconnects only after that failure",
+    ),
+    (
+        "unresolvable_host",
+        "redis-manager",
+        "redis 1.8.1 ConnectionManager::new_with_config retries a failed connect 6 times with exponential backoff \
+         (100 ms base) whatever connection_timeout says: building one for a host that does not resolve fails only \
+         after ~9.5 s (bound 6 s)",
+    ),
+];
 
 /// Registers the edge cases for every built-in Postgres and Redis adapter,
 /// and `tls_overhead[tokio-postgres]`.

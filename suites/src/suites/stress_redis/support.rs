@@ -100,6 +100,15 @@ pub(crate) async fn setup<S: ServiceFixture>(
     ctx.step(format!("providing a {} server", S::NAME));
     let fx = S::provide(ctx).await?;
     let pool = build(ctx, a, &cfg, &fx.target).await?;
+    // Postgres: the connection that prepared the test's schema is closed on
+    // our side; wait until the server has let it go too, so server-side
+    // counts from here on are the pool's alone.
+    let opened = pool.status().and_then(|s| s.size).unwrap_or(usize::from(a.capabilities().supports(Knob::Reuse)));
+    let counter = fx.counter.clone();
+    wait_until(&format!("{}: only the pool's connections server side after building it", a.name()), Duration::from_secs(5), || async {
+        Ok(counter.count().await? <= opened as u64)
+    })
+    .await?;
     Ok((fx, pool))
 }
 
