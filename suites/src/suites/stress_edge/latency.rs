@@ -38,7 +38,8 @@ pub(super) async fn high_network_latency<S: EdgeService>(ctx: TestCtx, a: Adapte
 
     ctx.step(format!("{n} concurrent ops with {latency:?} added to every reply"));
     let _slow = proxy.add(FaultKind::latency(latency, Duration::ZERO))?;
-    let s = Phase::burst("latency", n, Duration::from_secs(30)).run(&ctx, pool_op(&pool, Op::Ping, Duration::ZERO)).await?;
+    let s =
+        Phase::burst("latency", n, Duration::from_secs(30)).run(&ctx, pool_op(&pool, Op::Ping, Duration::ZERO)).await?;
     s.record_into(&ctx, "latency");
     accounted(name, &s, n)?;
     ensure!(
@@ -61,10 +62,8 @@ pub(super) async fn slow_queries_do_not_starve_fast<S: EdgeService>(ctx: TestCtx
     let slow = ctx.profile().pick(Duration::from_millis(800), Duration::from_secs(2));
     let (n_slow, n_fast, fast_budget) = (5, 10, Duration::from_millis(500));
     let caps = a.capabilities();
-    let cfg = Tune::new(&caps, 10)
-        .acquire_timeout(Duration::from_secs(5))
-        .op_timeout(slow + Duration::from_secs(3))
-        .done();
+    let cfg =
+        Tune::new(&caps, 10).acquire_timeout(Duration::from_secs(5)).op_timeout(slow + Duration::from_secs(3)).done();
     let (fx, pool) = setup(&ctx, &a, cfg).await?;
     let name = a.name();
     let probe = S::slow_ops(&fx.target).await?;

@@ -43,10 +43,8 @@ use crate::suites::{
 pub(super) async fn close_while_active<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let long = ctx.profile().pick(Duration::from_millis(600), Duration::from_secs(2));
     let caps = a.capabilities();
-    let cfg = Tune::new(&caps, 10)
-        .acquire_timeout(Duration::from_secs(2))
-        .op_timeout(long + Duration::from_secs(3))
-        .done();
+    let cfg =
+        Tune::new(&caps, 10).acquire_timeout(Duration::from_secs(2)).op_timeout(long + Duration::from_secs(3)).done();
     let (fx, pool) = setup(&ctx, &a, cfg).await?;
     let name = a.name();
     let probe = S::slow_ops(&fx.target).await?;
@@ -81,9 +79,9 @@ pub(super) async fn close_while_active<S: EdgeService>(ctx: TestCtx, a: Adapter<
     };
     // The application gives back what it holds once it learns of the close.
     drop(held);
-    let closed_at = tokio::time::timeout(Duration::from_secs(10), closing)
-        .await
-        .map_err(|_| anyhow!("{name}: close() with 5 connections checked out and a long op running did not complete within 10 s"))??;
+    let closed_at = tokio::time::timeout(Duration::from_secs(10), closing).await.map_err(|_| {
+        anyhow!("{name}: close() with 5 connections checked out and a long op running did not complete within 10 s")
+    })??;
     let close_ms = ms(closed_at - started);
     ctx.record(Metric::lower("close_ms", close_ms));
     let (long_result, long_took) = tokio::time::timeout(Duration::from_secs(10), long_op)
@@ -107,7 +105,9 @@ pub(super) async fn close_while_active<S: EdgeService>(ctx: TestCtx, a: Adapter<
         // A pool (not a new connection per checkout) refuses work once closed.
         match tokio::time::timeout(Duration::from_secs(5), pool.acquire()).await {
             Ok(Err(e)) if e.class() == ErrorClass::PoolClosed => {}
-            Ok(Err(e)) => bail!("{name}: an acquire after close() failed with [{}], expected pool_closed: {e}", e.class()),
+            Ok(Err(e)) => {
+                bail!("{name}: an acquire after close() failed with [{}], expected pool_closed: {e}", e.class())
+            }
             Ok(Ok(_)) => bail!("{name}: an acquire after close() handed out a connection"),
             Err(_) => bail!("{name}: an acquire after close() hung for 5 s"),
         }
@@ -127,9 +127,13 @@ pub(super) async fn resize_during_use<S: EdgeService>(ctx: TestCtx, a: Adapter<S
     let done = Arc::new(AtomicU64::new(0));
 
     let swapper = {
-        let (ctx, a, target, current, done, name) = (ctx.clone(), a.clone(), fx.target.clone(), current.clone(), done.clone(), name.clone());
+        let (ctx, a, target, current, done, name) =
+            (ctx.clone(), a.clone(), fx.target.clone(), current.clone(), done.clone(), name.clone());
         tokio::spawn(async move {
-            wait_until("half the ops done", Duration::from_secs(30), || async { Ok(done.load(Ordering::SeqCst) >= n / 2) }).await?;
+            wait_until("half the ops done", Duration::from_secs(30), || async {
+                Ok(done.load(Ordering::SeqCst) >= n / 2)
+            })
+            .await?;
             let t = Instant::now();
             let next = Arc::new(build(&ctx, &a, &large, &target).await?);
             let old = std::mem::replace(&mut *current.write(), next);
@@ -178,18 +182,25 @@ pub(super) async fn resize_during_use<S: EdgeService>(ctx: TestCtx, a: Adapter<S
     ctx.record(Metric::lower("swap_ms", swap_ms));
     let peak = mon.connections(S::NAME).max();
     ctx.record(Metric::lower("server_connections_peak", peak));
-    ctx.note(format!("{name}: swapped after {swapped_after} of {n} ops in {swap_ms:.0} ms; peak {peak} server connections"));
+    ctx.note(format!(
+        "{name}: swapped after {swapped_after} of {n} ops in {swap_ms:.0} ms; peak {peak} server connections"
+    ));
     if caps.supports(Knob::MaxSize) {
-        ensure!(peak <= 5.0 + 15.0, "{name}: {peak} server connections with pools of max 5 and 15 (old and new together)");
+        ensure!(
+            peak <= 5.0 + 15.0,
+            "{name}: {peak} server connections with pools of max 5 and 15 (old and new together)"
+        );
     }
     if let Some(size) = current.read().status().and_then(|st| st.size) {
         // 8 callers on the (5, 15) pool: it grew past the old max.
         ensure!(size > 5, "{name}: the swapped-in pool of max 15 has {size} connections after serving 8 callers: it did not take the load");
     }
     let kept = if caps.supports(Knob::Reuse) { 15 } else { 0 };
-    wait_until(&format!("{name}: at most {kept} server connections once the old pool is closed"), Duration::from_secs(10), || async {
-        Ok(fx.counter.count().await? <= kept)
-    })
+    wait_until(
+        &format!("{name}: at most {kept} server connections once the old pool is closed"),
+        Duration::from_secs(10),
+        || async { Ok(fx.counter.count().await? <= kept) },
+    )
     .await?;
     Ok(())
 }
@@ -202,7 +213,8 @@ pub(super) async fn acquire_timeout_precision<S: EdgeService>(ctx: TestCtx, a: A
     let name = a.name();
     for &t in timeouts {
         let timeout = Duration::from_millis(t);
-        let pool = build(&ctx, &a, &Tune::new(&a.capabilities(), 1).acquire_timeout(timeout).done(), &fx.target).await?;
+        let pool =
+            build(&ctx, &a, &Tune::new(&a.capabilities(), 1).acquire_timeout(timeout).done(), &fx.target).await?;
         ctx.step(format!("acquire timeout {timeout:?}: holding the only connection"));
         let mut held = pool.acquire().await?;
         held.run(&Op::Ping).await?;

@@ -113,9 +113,11 @@ pub(super) async fn connection_churn<S: EdgeService>(ctx: TestCtx, a: Adapter<S>
         ensure!(peak <= max as f64, "{name}: the server saw {peak} connections during the churn; max_size is {max}");
     }
     let kept = if caps.supports(Knob::Reuse) { max as u64 } else { 0 };
-    wait_until(&format!("{name}: at most {kept} server connections after the churn"), Duration::from_secs(5), || async {
-        Ok(fx.counter.count().await? <= kept)
-    })
+    wait_until(
+        &format!("{name}: at most {kept} server connections after the churn"),
+        Duration::from_secs(5),
+        || async { Ok(fx.counter.count().await? <= kept) },
+    )
     .await?;
     budget_max(&ctx, name, "p95_ms", s.latency.p95_ms, 50.0, 500.0, "ms")
 }

@@ -100,7 +100,10 @@ pub trait EdgeService: ServiceFixture {
     const SLOW_OP_NEEDS: &'static [Knob];
 
     /// A fault proxy in front of `target`, and the target through it.
-    fn proxy<'a>(ctx: &'a TestCtx, target: &'a Self::Target) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>>;
+    fn proxy<'a>(
+        ctx: &'a TestCtx,
+        target: &'a Self::Target,
+    ) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>>;
 
     /// `target` with its host replaced by `host`.
     fn with_host(target: &Self::Target, host: &str) -> Self::Target;
@@ -131,7 +134,8 @@ impl EdgeService for Postgres {
             admin.application_name = "poolstress_probe".into();
             let (client, conn) = pg_target_config(&admin).connect(NoTls).await?;
             tokio::spawn(conn);
-            Ok(Arc::new(PgSlowOps { client: Arc::new(client), dbname: target.dbname.clone() }) as Arc<dyn ConnectionCounter>)
+            Ok(Arc::new(PgSlowOps { client: Arc::new(client), dbname: target.dbname.clone() })
+                as Arc<dyn ConnectionCounter>)
         })
     }
 
@@ -148,7 +152,10 @@ impl EdgeService for Redis {
     const LATENCY_NEEDS: &'static [Knob] = &[Knob::OpTimeout, Knob::ConnectTimeout];
     const SLOW_OP_NEEDS: &'static [Knob] = &[Knob::OpTimeout];
 
-    fn proxy<'a>(ctx: &'a TestCtx, target: &'a RedisTarget) -> BoxFuture<'a, anyhow::Result<(FaultProxy, RedisTarget)>> {
+    fn proxy<'a>(
+        ctx: &'a TestCtx,
+        target: &'a RedisTarget,
+    ) -> BoxFuture<'a, anyhow::Result<(FaultProxy, RedisTarget)>> {
         Box::pin(async move { Ok(FaultProxy::for_redis(ctx, target).await?) })
     }
 
@@ -205,7 +212,8 @@ impl ConnectionCounter for RedisSlowOps {
     fn count(&self) -> BoxFuture<'_, anyhow::Result<u64>> {
         let mut c = self.conn.clone();
         Box::pin(async move {
-            let list: String = redis_rs::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal").query_async(&mut c).await?;
+            let list: String =
+                redis_rs::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal").query_async(&mut c).await?;
             Ok(blocked_named(&list, &self.name))
         })
     }

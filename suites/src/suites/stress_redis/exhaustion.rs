@@ -72,7 +72,9 @@ async fn queueing_long_ops(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()
     let name = a.name();
     let mon = monitor(&ctx, &fx, SAMPLE);
     ctx.step(format!("{n} concurrent slow({d:?}) ops on a pool of {max}"));
-    let s = Phase::burst("burst", n, Duration::from_secs(30)).run(&ctx, pool_op(&pool, Op::Slow(d), Duration::ZERO)).await?;
+    let s = Phase::burst("burst", n, Duration::from_secs(30))
+        .run(&ctx, pool_op(&pool, Op::Slow(d), Duration::ZERO))
+        .await?;
     mon.sample_now().await;
     s.record_into(&ctx, "burst");
     accounted(name, &s, n)?;
@@ -124,7 +126,9 @@ async fn extreme_oversubscription(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Re
     let name = a.name();
     let mon = monitor(&ctx, &fx, SAMPLE);
     ctx.step(format!("{n} concurrent slow({d:?}) ops on a pool of {max} with a {timeout:?} acquire timeout"));
-    let s = Phase::burst("burst", n, Duration::from_secs(30)).run(&ctx, pool_op(&pool, Op::Slow(d), Duration::ZERO)).await?;
+    let s = Phase::burst("burst", n, Duration::from_secs(30))
+        .run(&ctx, pool_op(&pool, Op::Slow(d), Duration::ZERO))
+        .await?;
     mon.sample_now().await;
     s.record_into(&ctx, "burst");
     accounted(name, &s, n)?;

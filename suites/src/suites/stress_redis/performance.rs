@@ -34,21 +34,29 @@ pub(super) fn scenarios() -> Vec<Scenario<Redis>> {
         Scenario::new("performance::throughput", &[Knob::Reuse], |c, a| Box::pin(throughput(c, a))).tags(BENCH),
         Scenario::new("performance::connection_reuse", &[Knob::Reuse], |c, a| Box::pin(connection_reuse(c, a)))
             .tags(BENCH),
-        Scenario::new("performance::pool_vs_direct", &[Knob::Reuse], |c, a| Box::pin(pool_vs_direct(c, a)))
-            .tags(BENCH),
+        Scenario::new("performance::pool_vs_direct", &[Knob::Reuse], |c, a| Box::pin(pool_vs_direct(c, a))).tags(BENCH),
     ]
 }
 
 /// One caller, `n` ops of `op` through acquire: the latency of the pool's
 /// fast path. Budgets (target, gate) for p50 and p95.
-async fn latency(ctx: TestCtx, a: Adapter<Redis>, label: &str, op: Op, p50: (f64, f64), p95: (f64, f64)) -> anyhow::Result<()> {
+async fn latency(
+    ctx: TestCtx,
+    a: Adapter<Redis>,
+    label: &str,
+    op: Op,
+    p50: (f64, f64),
+    p95: (f64, f64),
+) -> anyhow::Result<()> {
     let n = ctx.profile().pick(500, 1000);
     let cfg = Tune::new(&a.capabilities(), 4).acquire_timeout(Duration::from_secs(5)).done();
     let (_fx, pool) = setup(&ctx, &a, cfg).await?;
     let name = a.name();
     pool.run(&op).await.map_err(|e| anyhow!("{name}: warm-up {label} failed: {e}"))?;
     ctx.step(format!("{n} {label}s through acquire, one caller"));
-    let s = Phase::closed(label, 1, Limit::new(n, Duration::from_secs(60))).run(&ctx, pool_op(&pool, op, Duration::ZERO)).await?;
+    let s = Phase::closed(label, 1, Limit::new(n, Duration::from_secs(60)))
+        .run(&ctx, pool_op(&pool, op, Duration::ZERO))
+        .await?;
     s.record_into(&ctx, label);
     accounted(name, &s, n)?;
     ensure!(s.errors.is_empty(), "{name}: {} of {n} {label}s failed: {}", s.errors.total(), s.errors);
@@ -72,7 +80,9 @@ async fn throughput(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
     let (_fx, pool) = setup(&ctx, &a, cfg).await?;
     let name = a.name();
     ctx.step("warming up");
-    Phase::closed("warmup", 50, Limit::new(2_000, Duration::from_secs(5))).run(&ctx, pool_op(&pool, Op::Ping, Duration::ZERO)).await?;
+    Phase::closed("warmup", 50, Limit::new(2_000, Duration::from_secs(5)))
+        .run(&ctx, pool_op(&pool, Op::Ping, Duration::ZERO))
+        .await?;
     ctx.step(format!("open loop {rate} PINGs/s for {secs:?}"));
     let phase = Phase::open("throughput", rate, secs).in_flight(256);
     let due = phase.limit().max_ops;

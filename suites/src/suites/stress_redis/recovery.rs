@@ -177,7 +177,8 @@ async fn retries(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
     };
 
     let op = {
-        let (pool, done, retried_ops, extra_tries) = (pool.clone(), done.clone(), retried_ops.clone(), extra_tries.clone());
+        let (pool, done, retried_ops, extra_tries) =
+            (pool.clone(), done.clone(), retried_ops.clone(), extra_tries.clone());
         move |_t| {
             let (pool, done, retried_ops, extra_tries, policy) =
                 (pool.clone(), done.clone(), retried_ops.clone(), extra_tries.clone(), policy.clone());
@@ -247,7 +248,10 @@ impl CallError {
 }
 
 /// `fut` under the caller's `deadline`.
-async fn within<T>(deadline: Duration, fut: impl std::future::Future<Output = Result<T, PoolError>>) -> Result<T, CallError> {
+async fn within<T>(
+    deadline: Duration,
+    fut: impl std::future::Future<Output = Result<T, PoolError>>,
+) -> Result<T, CallError> {
     match tokio::time::timeout(deadline, fut).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(CallError::Deadline(deadline)),
@@ -262,7 +266,10 @@ const TIMEOUT: Duration = Duration::from_millis(250);
 const DEADLINE: Duration = Duration::from_millis(400);
 
 /// A pool on a proxy in front of the test's Redis, so `down` cuts only this test.
-async fn proxied(ctx: &TestCtx, a: &Adapter<Redis>) -> anyhow::Result<(FaultProxy, Pool, Box<dyn std::any::Any + Send>)> {
+async fn proxied(
+    ctx: &TestCtx,
+    a: &Adapter<Redis>,
+) -> anyhow::Result<(FaultProxy, Pool, Box<dyn std::any::Any + Send>)> {
     ctx.step("providing a redis server behind a fault proxy");
     let fx = Redis::provide(ctx).await?;
     let (proxy, via) = FaultProxy::for_redis(ctx, &fx.target).await?;
@@ -308,7 +315,9 @@ async fn circuit_breaker(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> 
         let t = Instant::now();
         match call().await {
             Err(BreakerError::Inner(e)) => failing.push((ms(t.elapsed()), e.what())),
-            Err(BreakerError::Open { .. }) => bail!("{name}: the breaker opened after {i} failures (threshold {threshold})"),
+            Err(BreakerError::Open { .. }) => {
+                bail!("{name}: the breaker opened after {i} failures (threshold {threshold})")
+            }
             Ok(_) => bail!("{name}: call {i} succeeded with Redis unreachable: the fault did not apply"),
         }
     }
@@ -386,7 +395,11 @@ async fn fallback(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
                     r
                 },
                 || async move { computed(k) },
-                |v| within(DEADLINE, async move { writer.acquire().await?.run(&Op::Write { key: k, value: v }).await.map(|_| ()) }),
+                |v| {
+                    within(DEADLINE, async move {
+                        writer.acquire().await?.run(&Op::Write { key: k, value: v }).await.map(|_| ())
+                    })
+                },
             )
             .await
         }
@@ -395,13 +408,21 @@ async fn fallback(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
     ctx.step("cache up: a miss fills it, then it hits");
     let key = 10_000;
     let (v, f) = lookup(key).await;
-    ensure!((v.as_str(), f) == (computed(key).as_str(), Fallback::Miss), "{name}: first lookup gave {v:?} ({f:?}), want a miss");
+    ensure!(
+        (v.as_str(), f) == (computed(key).as_str(), Fallback::Miss),
+        "{name}: first lookup gave {v:?} ({f:?}), want a miss"
+    );
     let (v, f) = lookup(key).await;
-    ensure!((v.as_str(), f) == (computed(key).as_str(), Fallback::Hit), "{name}: second lookup gave {v:?} ({f:?}), want a hit");
+    ensure!(
+        (v.as_str(), f) == (computed(key).as_str(), Fallback::Hit),
+        "{name}: second lookup gave {v:?} ({f:?}), want a hit"
+    );
 
     ctx.step(format!("redis unreachable (proxy down): {n} lookups, 25 at a time"));
     let down = proxy.add(FaultKind::down())?;
-    let results: Vec<(u64, Option<(String, Fallback)>, Duration)> = futures::stream::iter(0..n)
+    // (key, value and where it came from unless it hung, time taken)
+    type Lookup = (u64, Option<(String, Fallback)>, Duration);
+    let results: Vec<Lookup> = futures::stream::iter(0..n)
         .map(|k| {
             let lookup = &lookup;
             async move {

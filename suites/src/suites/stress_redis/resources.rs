@@ -183,7 +183,13 @@ async fn socket_cleanup(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
     let fd_series = window(e.mon.fds());
     ctx.record(Metric::lower("fds_variance", fd_series.variance()));
     ctx.record(Metric::lower("server_clients_variance", conns.variance()));
-    ctx.note(format!("{}: fds {} before the pool, {fds} after 200 ops; during: {}..{}", e.name, e.base_fds, fd_series.min(), fd_series.max()));
+    ctx.note(format!(
+        "{}: fds {} before the pool, {fds} after 200 ops; during: {}..{}",
+        e.name,
+        e.base_fds,
+        fd_series.min(),
+        fd_series.max()
+    ));
     check_variance(&e.name, &fd_series, 30.0, "open fds during 200 ops")?;
     check_variance(&e.name, &conns, 30.0, "server-side clients during 200 ops")?;
     Ok(())
@@ -225,7 +231,11 @@ async fn memory_plateaus(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> 
         mib(rss5)
     );
     ensure!(fds5 <= fds1, "{}: open fds grew from {fds1} after phase 1 to {fds5} after phase 5", e.name);
-    ensure!(conns5 <= conns1.max(e.kept), "{}: server clients grew from {conns1} after phase 1 to {conns5} after phase 5", e.name);
+    ensure!(
+        conns5 <= conns1.max(e.kept),
+        "{}: server clients grew from {conns1} after phase 1 to {conns5} after phase 5",
+        e.name
+    );
     Ok(())
 }
 
@@ -252,7 +262,12 @@ async fn no_connection_leak(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<(
         );
     }
     if a.capabilities().supports(Knob::MaxSize) {
-        ensure!(conns.max() <= WORKERS as f64, "{}: the server saw {} clients with max_size {WORKERS}", e.name, conns.max());
+        ensure!(
+            conns.max() <= WORKERS as f64,
+            "{}: the server saw {} clients with max_size {WORKERS}",
+            e.name,
+            conns.max()
+        );
     }
     Ok(())
 }
@@ -263,9 +278,11 @@ async fn cleanup_on_close(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()>
     ctx.step("closing the pool (the pool object stays alive)");
     e.pool.close().await;
     let closed = std::time::Instant::now();
-    wait_until(&format!("{}: the server to see none of the test's clients after close()", e.name), Duration::from_secs(5), || async {
-        Ok(e.server().await? == 0)
-    })
+    wait_until(
+        &format!("{}: the server to see none of the test's clients after close()", e.name),
+        Duration::from_secs(5),
+        || async { Ok(e.server().await? == 0) },
+    )
     .await
     .with_context(|| format!("{}: close() left clients open server side", e.name))?;
     e.fds_at_most(e.base_fds, "after close()").await?;

@@ -20,6 +20,9 @@ use crate::suites::conformance::{wait_until, Provided, ServiceFixture};
 /// A scenario body, generic over the service.
 pub(crate) type Body<S> = fn(TestCtx, Adapter<S>) -> BoxFuture<'static, anyhow::Result<()>>;
 
+/// A skip decided from the adapter (the reason names it), or `None` to run.
+pub(crate) type SkipIf<S> = fn(&Adapter<S>) -> Option<String>;
+
 /// One scenario of a table: registered once per adapter.
 pub(crate) struct Scenario<S: ServiceFixture> {
     /// `<group>::<name>` or `<name>`: the part between the suite prefix and `[adapter]`.
@@ -31,7 +34,7 @@ pub(crate) struct Scenario<S: ServiceFixture> {
     /// Never overlaps another test (it restarts a shared server or measures this process's fds and RSS).
     pub(crate) exclusive: bool,
     /// A skip decided from more than a missing knob (the reason names the adapter).
-    pub(crate) skip_if: Option<fn(&Adapter<S>) -> Option<String>>,
+    pub(crate) skip_if: Option<SkipIf<S>>,
     /// The body.
     pub(crate) body: Body<S>,
 }
@@ -51,7 +54,7 @@ impl<S: ServiceFixture> Scenario<S> {
         self
     }
 
-    pub(crate) fn skip_if(mut self, f: fn(&Adapter<S>) -> Option<String>) -> Self {
+    pub(crate) fn skip_if(mut self, f: SkipIf<S>) -> Self {
         self.skip_if = Some(f);
         self
     }
@@ -105,9 +108,11 @@ pub(crate) async fn setup<S: ServiceFixture>(
     // counts from here on are the pool's alone.
     let opened = pool.status().and_then(|s| s.size).unwrap_or(usize::from(a.capabilities().supports(Knob::Reuse)));
     let counter = fx.counter.clone();
-    wait_until(&format!("{}: only the pool's connections server side after building it", a.name()), Duration::from_secs(5), || async {
-        Ok(counter.count().await? <= opened as u64)
-    })
+    wait_until(
+        &format!("{}: only the pool's connections server side after building it", a.name()),
+        Duration::from_secs(5),
+        || async { Ok(counter.count().await? <= opened as u64) },
+    )
     .await?;
     Ok((fx, pool))
 }
@@ -259,7 +264,11 @@ pub(crate) fn check_server_peak<S: ServiceFixture>(
     max: usize,
 ) -> anyhow::Result<()> {
     let s = mon.connections(S::NAME);
-    anyhow::ensure!(!s.is_empty(), "{name}: the monitor took no sample of the server-side connections ({:?})", mon.errors());
+    anyhow::ensure!(
+        !s.is_empty(),
+        "{name}: the monitor took no sample of the server-side connections ({:?})",
+        mon.errors()
+    );
     let peak = s.max() as u64;
     ctx.record(Metric::lower("server_connections_peak", peak as f64));
     anyhow::ensure!(
@@ -329,8 +338,20 @@ pub(crate) fn fds_added(before: &[String], now: &[String]) -> Vec<String> {
 
 /// inode → "local -> remote (state)" for this process's network namespace.
 fn tcp_sockets() -> std::collections::HashMap<String, String> {
-    const STATES: [&str; 12] =
-        ["?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING"];
+    const STATES: [&str; 12] = [
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+    ];
     let v4 = |hex: &str| -> String {
         let Some((ip, port)) = hex.split_once(':') else { return hex.to_string() };
         match (u32::from_str_radix(ip, 16), u16::from_str_radix(port, 16)) {
