@@ -40,7 +40,7 @@ pub(super) fn cannot_shrink<S: EdgeService>(a: &Adapter<S>) -> Option<String> {
 
 pub(super) async fn connection_spike<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let (base, peak, hold, idle) = (20.0, 200.0, Duration::from_millis(40), Duration::from_millis(500));
-    let each = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(5));
+    let each = ctx.profile().pick(Duration::from_millis(300), Duration::from_secs(5));
     let caps = a.capabilities();
     let cfg = Tune::new(&caps, 20).acquire_timeout(Duration::from_secs(2)).idle_timeout(idle).done();
     let (fx, pool) = setup(&ctx, &a, cfg).await?;

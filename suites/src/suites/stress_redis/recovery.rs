@@ -77,23 +77,26 @@ async fn server_restart(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
 
     ctx.step("the same pool object, until it answers again");
     let deadline = Duration::from_secs(15);
-    let mut failures: Vec<String> = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(3), pool.run(&Op::Ping)).await {
-            Ok(Ok(_)) => break,
-            Ok(Err(e)) => failures.push(format!("[{}] {e}", e.class())),
-            Err(_) => failures.push("hung for 3 s".into()),
+    let failures: parking_lot::Mutex<Vec<String>> = Default::default();
+    let served = wait_until(&format!("{name}: the same pool to serve again after the restart"), deadline, || async {
+        let r = tokio::time::timeout(Duration::from_secs(3), pool.run(&Op::Ping)).await;
+        match r {
+            Ok(Ok(_)) => return Ok(true),
+            Ok(Err(e)) => failures.lock().push(format!("[{}] {e}", e.class())),
+            Err(_) => failures.lock().push("hung for 3 s".into()),
         }
-        if restarted.elapsed() > deadline {
-            bail!(
-                "{name}: the pool did not serve again within {deadline:?} of the restart ({} failed attempts; first: {}; last: {})",
-                failures.len(),
-                failures.first().map(String::as_str).unwrap_or("-"),
-                failures.last().map(String::as_str).unwrap_or("-")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await; // probing interval, not synchronisation
-    }
+        Ok(false)
+    })
+    .await;
+    let failures = failures.into_inner();
+    served.with_context(|| {
+        format!(
+            "{name}: {} failed attempts; first: {}; last: {}",
+            failures.len(),
+            failures.first().map(String::as_str).unwrap_or("-"),
+            failures.last().map(String::as_str).unwrap_or("-")
+        )
+    })?;
     let recovery_ms = ms(restarted.elapsed());
     ctx.record(Metric::lower("failed_attempts_after_restart", failures.len() as f64));
     ctx.note(format!(
