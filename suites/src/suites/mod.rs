@@ -8,6 +8,8 @@ pub mod faults;
 pub mod harness_bench;
 pub mod layer2;
 pub mod smoke;
+pub mod stress_edge;
+pub mod stress_redis;
 
 /// Registers every suite.
 pub fn register(r: &mut Registry) {
@@ -17,4 +19,6 @@ pub fn register(r: &mut Registry) {
     harness_bench::register(r);
     layer2::register(r);
     smoke::register(r);
+    stress_edge::register(r);
+    stress_redis::register(r);
 }

@@ -1,0 +1,46 @@
+//! The catalogue's 20 "Redis pool" scenarios against a real Redis, for every
+//! Redis adapter side by side: `stress::redis::<group>::<name>[<adapter>]`,
+//! tags `stress`, `layer_3`, `redis` (the performance group also
+//! `benchmark`, which makes it exclusive).
+//!
+//! Every fault is real: the server is restarted through its lifecycle, clients
+//! are killed with `CLIENT KILL`, Redis is made unreachable by the fault
+//! proxy's `down`. Invariants (every op accounted for, the server-side client
+//! count bounded, nothing left after close, the pool recovering) are hard
+//! failures naming the adapter, the value and the bound. Latency and
+//! throughput are recorded as metrics and gated only far past the catalogue's
+//! numbers (`support::budget_max`): machine speed is for baselines.
+//!
+//! Groups: [`exhaustion`] (1–5), [`performance`] (6–10), [`recovery`]
+//! (11–15), [`resources`] (16–20; exclusive, because they read this
+//! process's fds and RSS).
+
+use poolstress_fixtures::pool::{self, Adapter, Redis};
+use poolstress_harness::Registry;
+
+mod exhaustion;
+mod performance;
+mod recovery;
+mod resources;
+pub(crate) mod support;
+
+use support::{Finding, Scenario};
+
+/// Known findings in real pools: `(scenario, adapter, reason)`. The test
+/// stays registered, fails when run, and is marked ignored with the reason.
+pub const FINDINGS: &[Finding] = &[];
+
+/// Registers the suite for every built-in Redis adapter.
+pub fn register(r: &mut Registry) {
+    register_adapters(r, pool::redis_adapters());
+}
+
+/// Registers the suite for `adapters` (a user's Redis pool too).
+pub fn register_adapters(r: &mut Registry, adapters: Vec<Adapter<Redis>>) {
+    let mut table: Vec<Scenario<Redis>> = Vec::new();
+    table.extend(exhaustion::scenarios());
+    table.extend(performance::scenarios());
+    table.extend(recovery::scenarios());
+    table.extend(resources::scenarios());
+    support::register_table(r, "stress::redis", table, &adapters, FINDINGS);
+}

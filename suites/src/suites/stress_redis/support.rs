@@ -1,0 +1,378 @@
+//! What the stress suites share: scenario tables registered per adapter
+//! (skipped where a knob is missing, ignored where a finding is kept), the
+//! pool set-up on a target of the test's own, configs that set a knob only
+//! where the pool has it, the load-generator op over a [`Pool`], and budget
+//! checks that record the catalogue's number and fail only far past it.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use poolstress_fixtures::pool::{Adapter, Capabilities, Knob, Op, Pool, PoolConfig, PoolError};
+use poolstress_harness::{
+    load::OpTimer,
+    metrics::{check_at_least, check_at_most, PhaseStats, ResourceMonitor},
+    Metric, Registry, TestCtx,
+};
+
+use crate::suites::conformance::{wait_until, Provided, ServiceFixture};
+
+/// A scenario body, generic over the service.
+pub(crate) type Body<S> = fn(TestCtx, Adapter<S>) -> BoxFuture<'static, anyhow::Result<()>>;
+
+/// A skip decided from the adapter (the reason names it), or `None` to run.
+pub(crate) type SkipIf<S> = fn(&Adapter<S>) -> Option<String>;
+
+/// One scenario of a table: registered once per adapter.
+pub(crate) struct Scenario<S: ServiceFixture> {
+    /// `<group>::<name>` or `<name>`: the part between the suite prefix and `[adapter]`.
+    pub(crate) name: &'static str,
+    /// Knobs the scenario needs; an adapter lacking one is registered skipped with its reason.
+    pub(crate) needs: &'static [Knob],
+    /// Tags on top of the service's (`benchmark`).
+    pub(crate) extra_tags: &'static [&'static str],
+    /// Never overlaps another test (it restarts a shared server or measures this process's fds and RSS).
+    pub(crate) exclusive: bool,
+    /// A skip decided from more than a missing knob (the reason names the adapter).
+    pub(crate) skip_if: Option<SkipIf<S>>,
+    /// The body.
+    pub(crate) body: Body<S>,
+}
+
+impl<S: ServiceFixture> Scenario<S> {
+    pub(crate) fn new(name: &'static str, needs: &'static [Knob], body: Body<S>) -> Self {
+        Scenario { name, needs, extra_tags: &[], exclusive: false, skip_if: None, body }
+    }
+
+    pub(crate) fn tags(mut self, t: &'static [&'static str]) -> Self {
+        self.extra_tags = t;
+        self
+    }
+
+    pub(crate) fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
+    }
+
+    pub(crate) fn skip_if(mut self, f: SkipIf<S>) -> Self {
+        self.skip_if = Some(f);
+        self
+    }
+}
+
+/// A known finding: `(scenario name, adapter, reason with the pool version)`;
+/// the test stays registered, fails when run, and is marked ignored.
+pub(crate) type Finding = (&'static str, &'static str, &'static str);
+
+/// Registers `<prefix>::<scenario>[<adapter>]` for every scenario and adapter.
+pub(crate) fn register_table<S: ServiceFixture>(
+    r: &mut Registry,
+    prefix: &str,
+    table: Vec<Scenario<S>>,
+    adapters: &[Adapter<S>],
+    findings: &[Finding],
+) {
+    for sc in table {
+        let mut tags: Vec<&str> = S::tags().to_vec();
+        tags.extend(sc.extra_tags);
+        for a in adapters {
+            let name = format!("{prefix}::{}[{}]", sc.name, a.name());
+            let (adapter, body) = (a.clone(), sc.body);
+            let def = r.test(name, &tags, move |ctx| body(ctx, adapter.clone()));
+            if sc.exclusive {
+                def.exclusive(true);
+            }
+            let caps = a.capabilities();
+            if let Some((knob, why)) = caps.missing(sc.needs) {
+                def.skip(format!("{} lacks {knob}: {why}", a.name()));
+            } else if let Some(why) = sc.skip_if.and_then(|f| f(a)) {
+                def.skip(why);
+            } else if let Some((_, _, reason)) = findings.iter().find(|(s, p, _)| *s == sc.name && *p == a.name()) {
+                def.ignore(*reason);
+            }
+        }
+    }
+}
+
+/// A target of the test's own and a pool built with `cfg` on it.
+pub(crate) async fn setup<S: ServiceFixture>(
+    ctx: &TestCtx,
+    a: &Adapter<S>,
+    cfg: PoolConfig,
+) -> anyhow::Result<(Provided<S>, Pool)> {
+    ctx.step(format!("providing a {} server", S::NAME));
+    let fx = S::provide(ctx).await?;
+    let pool = build(ctx, a, &cfg, &fx.target).await?;
+    // Postgres: the connection that prepared the test's schema is closed on
+    // our side; wait until the server has let it go too, so server-side
+    // counts from here on are the pool's alone.
+    let opened = pool.status().and_then(|s| s.size).unwrap_or(usize::from(a.capabilities().supports(Knob::Reuse)));
+    let counter = fx.counter.clone();
+    wait_until(
+        &format!("{}: only the pool's connections server side after building it", a.name()),
+        Duration::from_secs(5),
+        || async { Ok(counter.count().await? <= opened as u64) },
+    )
+    .await?;
+    Ok((fx, pool))
+}
+
+/// Builds `cfg` for `target`, noting the adapter, its version and the config.
+pub(crate) async fn build<S: ServiceFixture>(
+    ctx: &TestCtx,
+    a: &Adapter<S>,
+    cfg: &PoolConfig,
+    target: &S::Target,
+) -> anyhow::Result<Pool> {
+    ctx.step(format!("building {} with {cfg:?}", a.name()));
+    let pool = a.build(cfg, target).await.with_context(|| format!("building {} ({})", a.name(), a.version()))?;
+    ctx.note(format!("{} ({}) with {cfg:?}", a.name(), a.version()));
+    Ok(pool)
+}
+
+/// Sets knobs only where the pool has them: scenarios ask for generous
+/// timeouts so waiting is not mistaken for failing, and pools without the
+/// knob keep their defaults (never a refused config).
+pub(crate) struct Tune<'a> {
+    caps: &'a Capabilities,
+    cfg: PoolConfig,
+}
+
+impl<'a> Tune<'a> {
+    pub(crate) fn new(caps: &'a Capabilities, max_size: usize) -> Self {
+        Tune { caps, cfg: PoolConfig::new(max_size) }
+    }
+
+    /// Applies `f` when the pool has `knob`.
+    pub(crate) fn with(mut self, knob: Knob, f: impl FnOnce(PoolConfig) -> PoolConfig) -> Self {
+        if self.caps.supports(knob) {
+            self.cfg = f(self.cfg);
+        }
+        self
+    }
+
+    pub(crate) fn acquire_timeout(self, d: Duration) -> Self {
+        self.with(Knob::AcquireTimeout, |c| c.acquire_timeout(d))
+    }
+
+    pub(crate) fn connect_timeout(self, d: Duration) -> Self {
+        self.with(Knob::ConnectTimeout, |c| c.connect_timeout(d))
+    }
+
+    pub(crate) fn op_timeout(self, d: Duration) -> Self {
+        self.with(Knob::OpTimeout, |c| c.op_timeout(d))
+    }
+
+    pub(crate) fn min_idle(self, n: usize) -> Self {
+        self.with(Knob::MinIdle, |c| c.min_idle(n))
+    }
+
+    pub(crate) fn idle_timeout(self, d: Duration) -> Self {
+        self.with(Knob::IdleTimeout, |c| c.idle_timeout(d))
+    }
+
+    pub(crate) fn done(self) -> PoolConfig {
+        self.cfg
+    }
+}
+
+/// The load generator's op over `pool`: acquire (marked), run `op`, hold the
+/// checkout for `hold` (the caller's work between commands, which is what
+/// makes a pool grow), release.
+pub(crate) fn pool_op(
+    pool: &Pool,
+    op: Op,
+    hold: Duration,
+) -> impl Fn(OpTimer) -> BoxFuture<'static, Result<OpTimer, PoolError>> + Send + Sync + 'static {
+    let (pool, op) = (pool.clone(), Arc::new(op));
+    move |mut t: OpTimer| {
+        let (pool, op) = (pool.clone(), op.clone());
+        Box::pin(async move {
+            let mut c = pool.acquire().await?;
+            t.acquired();
+            c.run(&op).await?;
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await; // simulated work while holding the connection, not a wait
+            }
+            Ok(t)
+        })
+    }
+}
+
+/// Every op accounted for: `ok + failed + cancelled == started` and
+/// `ok + failed == issued`.
+pub(crate) fn accounted(name: &str, s: &PhaseStats, issued: u64) -> anyhow::Result<()> {
+    s.check_accounted(Some(issued)).with_context(|| format!("{name}: not every op was accounted for"))
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A performance number: recorded as `metric` (lower is better); a note when
+/// it misses the catalogue's `target`; a failure ([`BudgetExceeded`]) only
+/// past `generous` (a multiple of the target that no healthy run on a busy
+/// 2-core CI machine reaches) — machine speed is for baselines, not gates.
+///
+/// [`BudgetExceeded`]: poolstress_harness::metrics::BudgetExceeded
+pub(crate) fn budget_max(
+    ctx: &TestCtx,
+    adapter: &str,
+    metric: &str,
+    value: f64,
+    target: f64,
+    generous: f64,
+    unit: &str,
+) -> anyhow::Result<()> {
+    ctx.record(Metric::lower(metric, value));
+    if value > target {
+        ctx.note(format!("{adapter}: {metric} {value:.3} {unit} misses the catalogue's target {target} {unit} (gate {generous} {unit})"));
+    }
+    check_at_most(metric, value, generous, unit, &format!("for {adapter} (catalogue target {target} {unit})"))
+}
+
+/// [`budget_max`] for a number where higher is better (throughput).
+pub(crate) fn budget_min(
+    ctx: &TestCtx,
+    adapter: &str,
+    metric: &str,
+    value: f64,
+    target: f64,
+    generous: f64,
+    unit: &str,
+) -> anyhow::Result<()> {
+    ctx.record(Metric::higher(metric, value));
+    if value < target {
+        ctx.note(format!("{adapter}: {metric} {value:.1} {unit} misses the catalogue's target {target} {unit} (gate {generous} {unit})"));
+    }
+    check_at_least(metric, value, generous, unit, &format!("for {adapter} (catalogue target {target} {unit})"))
+}
+
+/// A resource monitor sampling this process and the test's server-side
+/// connections (series `connections.<service>`) every `every`.
+pub(crate) fn monitor<S: ServiceFixture>(ctx: &TestCtx, fx: &Provided<S>, every: Duration) -> ResourceMonitor {
+    ResourceMonitor::builder(ctx).interval(every).counter(S::NAME, fx.counter.clone()).start()
+}
+
+/// The server never saw more than `max` of the test's connections (sampled),
+/// nor did the pool report a larger size.
+pub(crate) fn check_server_peak<S: ServiceFixture>(
+    ctx: &TestCtx,
+    name: &str,
+    mon: &ResourceMonitor,
+    pool: &Pool,
+    max: usize,
+) -> anyhow::Result<()> {
+    let s = mon.connections(S::NAME);
+    anyhow::ensure!(
+        !s.is_empty(),
+        "{name}: the monitor took no sample of the server-side connections ({:?})",
+        mon.errors()
+    );
+    let peak = s.max() as u64;
+    ctx.record(Metric::lower("server_connections_peak", peak as f64));
+    anyhow::ensure!(
+        peak <= max as u64,
+        "{name}: the server saw {peak} of this test's connections at once (sampled {} times); max_size is {max}",
+        s.len()
+    );
+    if let Some(size) = pool.status().and_then(|st| st.size) {
+        anyhow::ensure!(size <= max, "{name}: the pool reports size {size}; max_size is {max}");
+    }
+    Ok(())
+}
+
+/// Waits until the pool reports nothing checked out and nobody waiting
+/// (where it reports them): its queue has drained.
+pub(crate) async fn wait_drained(name: &str, pool: &Pool, within: Duration) -> anyhow::Result<()> {
+    let caps = pool.capabilities();
+    if !caps.supports(Knob::StatusIdle) && !caps.supports(Knob::StatusWaiters) {
+        return Ok(());
+    }
+    wait_until(&format!("{name}: the pool to report nothing in use and no waiters"), within, || async {
+        let s = pool.status().unwrap_or_default();
+        Ok(s.in_use().unwrap_or(0) == 0 && s.waiters.unwrap_or(0) == 0)
+    })
+    .await
+    .with_context(|| format!("{name}: pool status {}", pool.status().unwrap_or_default()))
+}
+
+/// What this process's open fds point at (`socket:[123]`, paths), sorted;
+/// TCP sockets are shown with their addresses and state from
+/// `/proc/self/net/tcp{,6}`. For leak messages: diff two listings with
+/// [`fds_added`].
+pub(crate) fn fd_listing() -> Vec<String> {
+    let tcp = tcp_sockets();
+    let mut out: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|l| {
+                    let l = l.display().to_string();
+                    let inode = l.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']'));
+                    match inode.and_then(|i| tcp.get(i)) {
+                        Some(t) => format!("{l} tcp {t}"),
+                        None => l,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Entries of `now` not in `before` (as multisets).
+pub(crate) fn fds_added(before: &[String], now: &[String]) -> Vec<String> {
+    let mut left: Vec<&String> = before.iter().collect();
+    now.iter()
+        .filter(|x| match left.iter().position(|b| b == x) {
+            Some(i) => {
+                left.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// inode → "local -> remote (state)" for this process's network namespace.
+fn tcp_sockets() -> std::collections::HashMap<String, String> {
+    const STATES: [&str; 12] = [
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+    ];
+    let v4 = |hex: &str| -> String {
+        let Some((ip, port)) = hex.split_once(':') else { return hex.to_string() };
+        match (u32::from_str_radix(ip, 16), u16::from_str_radix(port, 16)) {
+            (Ok(ip), Ok(port)) if ip_is_v4(hex) => format!("{}:{port}", std::net::Ipv4Addr::from(ip.swap_bytes())),
+            _ => hex.to_string(),
+        }
+    };
+    let mut m = std::collections::HashMap::new();
+    for file in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 {
+                let st = usize::from_str_radix(f[3], 16).ok().and_then(|s| STATES.get(s)).unwrap_or(&"?");
+                m.insert(f[9].to_string(), format!("{} -> {} ({st})", v4(f[1]), v4(f[2])));
+            }
+        }
+    }
+    m
+}
+
+fn ip_is_v4(hex: &str) -> bool {
+    hex.split_once(':').is_some_and(|(ip, _)| ip.len() == 8)
+}
