@@ -2,17 +2,21 @@
 
 use poolstress_harness::Registry;
 
+pub mod broken;
 pub mod conformance;
 pub mod faults;
 pub mod harness_bench;
 pub mod layer2;
 pub mod smoke;
+pub mod stress_pg;
 
 /// Registers every suite.
 pub fn register(r: &mut Registry) {
+    broken::register(r);
     conformance::register(r);
     faults::register(r);
     harness_bench::register(r);
     layer2::register(r);
     smoke::register(r);
+    stress_pg::register(r);
 }
