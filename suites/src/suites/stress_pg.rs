@@ -208,12 +208,14 @@ impl Fx {
     }
 
     /// Most connections the server may see from this pool: `max_size` where
-    /// the pool has one, else `busy` (a connection per concurrent checkout).
+    /// the pool has one, else two per concurrent checkout (a connection per
+    /// checkout: a closed one's backend stays in pg_stat_activity for a few
+    /// ms while the next one opens).
     pub(crate) fn bound(&self, busy: usize) -> u64 {
         if self.caps.supports(Knob::MaxSize) {
             self.pool.config().max_size as u64
         } else {
-            busy as u64
+            2 * busy as u64
         }
     }
 
@@ -246,6 +248,13 @@ pub(crate) async fn setup(ctx: &TestCtx, a: &Adapter<Postgres>, cfg: PoolConfig)
     ctx.step(format!("building {} with {cfg:?}", a.name()));
     // The schema first, so the build is timed alone (warm-up).
     pool::pg::ensure_schema(&provided.target).await.context("creating the test table")?;
+    // The setup connection's backend outlives its client by a few ms: every
+    // server-side count below must see the pool's connections only.
+    let counter = provided.counter.clone();
+    wait_until("the setup connection to leave pg_stat_activity", Duration::from_secs(5), || async {
+        Ok(counter.count().await? == 0)
+    })
+    .await?;
     let build_started = Instant::now();
     let pool = a
         .build(&cfg, &provided.target)
@@ -298,6 +307,11 @@ pub(crate) async fn start_queued<T: Send + 'static>(mut f: BoxFuture<'static, T>
     }
 }
 
+/// How long released connections get to be back in the pool (or closed,
+/// without a pool) before it counts as a leak: sqlx returns them from a
+/// spawned task, a closed backend leaves pg_stat_activity a few ms later.
+pub(crate) const SETTLE: Duration = Duration::from_millis(1500);
+
 /// After every checkout the test took was released, the pool must report
 /// none in use (where it reports size and idle): otherwise checkouts are
 /// never returned — a leak.
@@ -305,14 +319,14 @@ pub(crate) async fn check_released(fx: &Fx, when: &str) -> anyhow::Result<()> {
     if !(fx.caps.supports(Knob::StatusSize) && fx.caps.supports(Knob::StatusIdle)) {
         return Ok(());
     }
-    let settled = wait_until("the pool to report nothing in use", Duration::from_secs(3), || async {
+    let settled = wait_until("the pool to report nothing in use", SETTLE, || async {
         Ok(fx.pool.status().and_then(|s| s.in_use()) == Some(0))
     })
     .await;
     if settled.is_err() {
         let st = fx.pool.status().unwrap_or_default();
         bail!(
-            "{}: {when}, the pool still reports {} connection(s) checked out 3 s later ({st}): \
+            "{}: {when}, the pool still reports {} connection(s) checked out {SETTLE:?} later ({st}): \
              released checkouts never come back to the pool — a connection leak",
             fx.name,
             st.in_use().unwrap_or(0)
@@ -323,10 +337,10 @@ pub(crate) async fn check_released(fx: &Fx, when: &str) -> anyhow::Result<()> {
 
 /// After every checkout was released the server must see at most what the
 /// pool keeps idle (`max_size` for a pool, none for a connection per
-/// checkout) within 3 s: otherwise connections leak.
+/// checkout) within [`SETTLE`]: otherwise connections leak.
 pub(crate) async fn check_server_settles(fx: &Fx, when: &str) -> anyhow::Result<()> {
     let bound = if fx.reuses() { fx.pool.config().max_size as u64 } else { 0 };
-    let settled = wait_until("the server-side count to settle", Duration::from_secs(3), || async {
+    let settled = wait_until("the server-side count to settle", SETTLE, || async {
         Ok(fx.count().await? <= bound)
     })
     .await;
@@ -334,7 +348,7 @@ pub(crate) async fn check_server_settles(fx: &Fx, when: &str) -> anyhow::Result<
         let n = fx.count().await?;
         let keeps = if fx.reuses() { format!("max_size {bound} idle") } else { "none (it has no pool)".to_string() };
         bail!(
-            "{}: {when}, the server still sees {n} of the test's connections 3 s later, where the pool keeps {keeps}: \
+            "{}: {when}, the server still sees {n} of the test's connections {SETTLE:?} later, where the pool keeps {keeps}: \
              connections leak",
             fx.name
         );

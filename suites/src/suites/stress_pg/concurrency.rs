@@ -206,7 +206,7 @@ pub async fn release_race(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<
 pub async fn no_connection_leak(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let workers = 5;
     let max = 5;
-    let (warm, ops) = (20u64, 100u64);
+    let (warm, ops) = (10u64, 100u64);
     let timeout = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(2));
     let fx = setup(&ctx, &a, with_acquire_timeout(&a, PoolConfig::new(max), timeout)).await?;
     let name = fx.name.clone();

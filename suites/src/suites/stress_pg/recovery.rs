@@ -94,8 +94,8 @@ pub async fn recovers_after_connection_failures(ctx: TestCtx, a: Adapter<Postgre
     let errors = stats.errors.total();
     let first = stats.error_samples.first().map(|e| format!("; first: {}", e.message)).unwrap_or_default();
     ensure!(
-        errors <= 2 * killed,
-        "{name}: {errors} ops failed after {killed} backends were killed server side ({}): more than 2 per killed connection — \
+        errors <= 3 * killed,
+        "{name}: {errors} ops failed after {killed} backends were killed server side ({}): more than 3 per killed connection — \
          killed connections were handed out again instead of being dropped{first}",
         stats.errors
     );
