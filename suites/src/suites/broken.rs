@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use poolstress_fixtures::{
     pool::{
-        self, Adapter, BuildError, Capabilities, Checkout, Connection, Knob, Op, OpOutput, Pool, PoolAdapter, PoolConfig,
-        PoolError, PoolStatus, PoolUnderTest, Postgres,
+        self, Adapter, BuildError, Capabilities, Checkout, Connection, Knob, Op, OpOutput, Pool, PoolAdapter,
+        PoolConfig, PoolError, PoolStatus, PoolUnderTest, Postgres,
     },
     PgTarget,
 };
@@ -253,7 +253,9 @@ async fn must_fail(
     let problem = fault.problem();
     ctx.step(format!("running {} against {} ({problem})", sc.name, broken.name()));
     match (sc.body)(ctx.clone(), broken.clone()).await {
-        Ok(()) => bail!("{} PASSED against {}, which {problem}: the scenario does not detect it", sc.name, broken.name()),
+        Ok(()) => {
+            bail!("{} PASSED against {}, which {problem}: the scenario does not detect it", sc.name, broken.name())
+        }
         Err(e) if e.chain().any(|c| c.is::<FixtureFailure>()) => Err(e),
         Err(e) if e.downcast_ref::<Skipped>().is_some() => {
             bail!("{} was skipped against {}: it cannot prove anything: {e}", sc.name, broken.name())

@@ -117,26 +117,26 @@ macro_rules! scenario {
 pub fn scenarios() -> Vec<Scenario> {
     use Knob::*;
     vec![
-        scenario!(exhaustion::max_size_enforced, needs &[MaxSize, AcquireTimeout]),
-        scenario!(exhaustion::exhaustion_waiters_all_served, needs &[MaxSize]),
-        scenario!(exhaustion::exhaustion_timeout_then_recovers, needs &[MaxSize, AcquireTimeout]),
-        scenario!(exhaustion::graceful_degradation_normal_heavy_overload, needs &[MaxSize, AcquireTimeout]),
-        scenario!(exhaustion::exhaustion_error_is_actionable, needs &[MaxSize, AcquireTimeout]),
-        scenario!(recovery::recovers_after_connection_failures, needs &[MaxSize]),
-        scenario!(recovery::validation_on_acquire, needs &[ValidatePing, Reuse], benchmark),
-        scenario!(recovery::stale_connection_after_idle, needs &[Reuse]),
-        scenario!(recovery::reconnects_with_retries, needs &[]),
-        scenario!(recovery::recovers_after_server_restart, needs &[], restarts_server),
-        scenario!(concurrency::hundred_concurrent_acquisitions, needs &[], benchmark),
-        scenario!(concurrency::sustained_1000_ops_per_s, needs &[], benchmark),
-        scenario!(concurrency::release_race, needs &[MaxSize]),
-        scenario!(concurrency::no_connection_leak, needs &[]),
-        scenario!(concurrency::fifo_fairness, needs &[MaxSize]),
-        scenario!(configuration::min_idle_maintained, needs &[MinIdle]),
-        scenario!(configuration::max_size_never_exceeded, needs &[MaxSize]),
-        scenario!(configuration::idle_timeout_closes, needs &[IdleTimeout, MaxSize]),
-        scenario!(configuration::max_lifetime_recycles, needs &[MaxLifetime, MaxSize]),
-        scenario!(configuration::warmup_on_init, needs &[MinIdle]),
+        scenario!(exhaustion::max_size_enforced, needs & [MaxSize, AcquireTimeout]),
+        scenario!(exhaustion::exhaustion_waiters_all_served, needs & [MaxSize]),
+        scenario!(exhaustion::exhaustion_timeout_then_recovers, needs & [MaxSize, AcquireTimeout]),
+        scenario!(exhaustion::graceful_degradation_normal_heavy_overload, needs & [MaxSize, AcquireTimeout]),
+        scenario!(exhaustion::exhaustion_error_is_actionable, needs & [MaxSize, AcquireTimeout]),
+        scenario!(recovery::recovers_after_connection_failures, needs & [MaxSize]),
+        scenario!(recovery::validation_on_acquire, needs & [ValidatePing, Reuse], benchmark),
+        scenario!(recovery::stale_connection_after_idle, needs & [Reuse]),
+        scenario!(recovery::reconnects_with_retries, needs & []),
+        scenario!(recovery::recovers_after_server_restart, needs & [], restarts_server),
+        scenario!(concurrency::hundred_concurrent_acquisitions, needs & [], benchmark),
+        scenario!(concurrency::sustained_1000_ops_per_s, needs & [], benchmark),
+        scenario!(concurrency::release_race, needs & [MaxSize]),
+        scenario!(concurrency::no_connection_leak, needs & []),
+        scenario!(concurrency::fifo_fairness, needs & [MaxSize]),
+        scenario!(configuration::min_idle_maintained, needs & [MinIdle]),
+        scenario!(configuration::max_size_never_exceeded, needs & [MaxSize]),
+        scenario!(configuration::idle_timeout_closes, needs & [IdleTimeout, MaxSize]),
+        scenario!(configuration::max_lifetime_recycles, needs & [MaxLifetime, MaxSize]),
+        scenario!(configuration::warmup_on_init, needs & [MinIdle]),
     ]
 }
 
@@ -221,7 +221,10 @@ impl Fx {
 
     /// A server-side connection sampler (every 10 ms), series `connections.postgres`.
     pub(crate) fn monitor(&self, ctx: &TestCtx) -> ResourceMonitor {
-        ResourceMonitor::builder(ctx).interval(Duration::from_millis(10)).counter("postgres", self.counter.clone()).start()
+        ResourceMonitor::builder(ctx)
+            .interval(Duration::from_millis(10))
+            .counter("postgres", self.counter.clone())
+            .start()
     }
 
     /// The test's application_name (what server-side kills select on).
@@ -286,9 +289,9 @@ pub(crate) async fn hold(pool: &Pool, n: usize, within: Duration) -> anyhow::Res
         c.run(&Op::Ping).await?;
         Ok::<_, PoolError>(c)
     }));
-    let res = tokio::time::timeout(within, all)
-        .await
-        .map_err(|_| anyhow::anyhow!("{}: taking {n} connections at once did not finish within {within:?}", pool.name()))?;
+    let res = tokio::time::timeout(within, all).await.map_err(|_| {
+        anyhow::anyhow!("{}: taking {n} connections at once did not finish within {within:?}", pool.name())
+    })?;
     let mut held = Vec::with_capacity(n);
     for r in res {
         held.push(r.with_context(|| format!("{}: taking {n} connections at once", pool.name()))?);
@@ -340,10 +343,8 @@ pub(crate) async fn check_released(fx: &Fx, when: &str) -> anyhow::Result<()> {
 /// checkout) within [`SETTLE`]: otherwise connections leak.
 pub(crate) async fn check_server_settles(fx: &Fx, when: &str) -> anyhow::Result<()> {
     let bound = if fx.reuses() { fx.pool.config().max_size as u64 } else { 0 };
-    let settled = wait_until("the server-side count to settle", SETTLE, || async {
-        Ok(fx.count().await? <= bound)
-    })
-    .await;
+    let settled =
+        wait_until("the server-side count to settle", SETTLE, || async { Ok(fx.count().await? <= bound) }).await;
     if settled.is_err() {
         let n = fx.count().await?;
         let keeps = if fx.reuses() { format!("max_size {bound} idle") } else { "none (it has no pool)".to_string() };
@@ -370,7 +371,13 @@ pub(crate) async fn server_peak(ctx: &TestCtx, mon: &ResourceMonitor) -> anyhow:
 }
 
 /// Fails when the server saw more of the test's connections than `max` at once.
-pub(crate) async fn check_server_peak(ctx: &TestCtx, fx: &Fx, mon: &ResourceMonitor, max: u64, during: &str) -> anyhow::Result<()> {
+pub(crate) async fn check_server_peak(
+    ctx: &TestCtx,
+    fx: &Fx,
+    mon: &ResourceMonitor,
+    max: u64,
+    during: &str,
+) -> anyhow::Result<()> {
     let peak = server_peak(ctx, mon).await?;
     let n = mon.connections("postgres").len();
     anyhow::ensure!(
@@ -409,7 +416,9 @@ pub(crate) fn latency_budget(
             value_ms,
             budget_ms * LATENCY_SLACK,
             "ms",
-            &format!("{context} (catalogue budget {budget_ms} ms, failing past {LATENCY_SLACK}x on this shared machine)"),
+            &format!(
+                "{context} (catalogue budget {budget_ms} ms, failing past {LATENCY_SLACK}x on this shared machine)"
+            ),
         ),
     }
 }

@@ -60,7 +60,9 @@ fn check_no_errors(name: &str, s: &PhaseStats, what: &str) -> anyhow::Result<()>
     bail!("{name}: {} of {} {what} failed ({}){hint}{first}", s.errors.total(), s.started, s.errors)
 }
 
-fn ping_op(pool: &poolstress_fixtures::pool::Pool) -> impl Fn(OpTimer) -> futures::future::BoxFuture<'static, Result<OpTimer, PoolError>> + Send + Sync + 'static {
+fn ping_op(
+    pool: &poolstress_fixtures::pool::Pool,
+) -> impl Fn(OpTimer) -> futures::future::BoxFuture<'static, Result<OpTimer, PoolError>> + Send + Sync + 'static {
     let pool = pool.clone();
     move |mut t: OpTimer| {
         let pool = pool.clone();
@@ -74,7 +76,7 @@ fn ping_op(pool: &poolstress_fixtures::pool::Pool) -> impl Fn(OpTimer) -> future
     }
 }
 
-/// 11. 100 acquisitions at once all succeed; budget p95 < 100 ms, > 50 ops/s.
+/// Catalogue #11: 100 acquisitions at once all succeed; budget p95 < 100 ms, > 50 ops/s.
 pub async fn hundred_concurrent_acquisitions(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let n = 100u64;
     let max = 20;
@@ -82,19 +84,36 @@ pub async fn hundred_concurrent_acquisitions(ctx: TestCtx, a: Adapter<Postgres>)
     let name = fx.name.clone();
     let mon = fx.monitor(&ctx);
     ctx.step(format!("{n} acquisitions at once on a pool of {max}"));
-    let stats = Phase::burst("burst", n, Duration::from_secs(10)).grace(Duration::from_secs(5)).run(&ctx, ping_op(&fx.pool)).await?;
+    let stats = Phase::burst("burst", n, Duration::from_secs(10))
+        .grace(Duration::from_secs(5))
+        .run(&ctx, ping_op(&fx.pool))
+        .await?;
     stats.record_into(&ctx, "burst");
     ctx.note(stats.summary());
     ensure!(stats.cancelled == 0, "{name}: {} of {n} acquisitions hung", stats.cancelled);
     stats.check_accounted(Some(n))?;
     check_no_errors(&name, &stats, "acquisitions at once")?;
     ensure!(stats.ok == n, "{name}: {} of {n} acquisitions at once succeeded", stats.ok);
-    latency_budget(&ctx, "burst_p95_ms", stats.latency.p95_ms, 100.0, ungated(&fx), &format!("for {n} acquisitions at once"))?;
-    rate_floor(&ctx, "burst_ops_s", stats.throughput_ops_s, 50.0, ungated(&fx), &format!("for {n} acquisitions at once"))?;
+    latency_budget(
+        &ctx,
+        "burst_p95_ms",
+        stats.latency.p95_ms,
+        100.0,
+        ungated(&fx),
+        &format!("for {n} acquisitions at once"),
+    )?;
+    rate_floor(
+        &ctx,
+        "burst_ops_s",
+        stats.throughput_ops_s,
+        50.0,
+        ungated(&fx),
+        &format!("for {n} acquisitions at once"),
+    )?;
     check_server_peak(&ctx, &fx, &mon, fx.bound(n as usize), "during the burst").await
 }
 
-/// 12. Open loop at 1000 ops/s for 5 s: at least 800 ops/s achieved, p95 < 50 ms.
+/// Catalogue #12: Open loop at 1000 ops/s for 5 s: at least 800 ops/s achieved, p95 < 50 ms.
 pub async fn sustained_1000_ops_per_s(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let rate = 1000.0;
     let dur = ctx.profile().pick(Duration::from_secs(1), Duration::from_secs(5));
@@ -123,7 +142,7 @@ pub async fn sustained_1000_ops_per_s(ctx: TestCtx, a: Adapter<Postgres>) -> any
     check_server_peak(&ctx, &fx, &mon, fx.bound(64), "at 1000 ops/s").await
 }
 
-/// 13. 200 rapid acquire/release cycles from many tasks (released at once,
+/// Catalogue #13: 200 rapid acquire/release cycles from many tasks (released at once,
 /// after an op, from another task, or the acquire itself cancelled): the
 /// pool's state is consistent afterwards (nothing in use, size within max,
 /// full capacity and no more).
@@ -187,20 +206,26 @@ pub async fn release_race(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<
         ensure!(st.size.unwrap_or(0) <= max, "{name}: after the race the pool reports {st}; max_size is {max}");
     }
     ctx.step(format!("full capacity: {max} at once, and no more"));
-    let held = hold(&fx.pool, max, Duration::from_secs(5))
-        .await
-        .with_context(|| format!("{name}: after the race the pool could not hand out all {max} connections: capacity was lost"))?;
+    let held = hold(&fx.pool, max, Duration::from_secs(5)).await.with_context(|| {
+        format!("{name}: after the race the pool could not hand out all {max} connections: capacity was lost")
+    })?;
     let n = fx.count().await?;
-    ensure!(n == max as u64, "{name}: {max} checkouts held after the race, the server sees {n} of the test's connections");
+    ensure!(
+        n == max as u64,
+        "{name}: {max} checkouts held after the race, the server sees {n} of the test's connections"
+    );
     if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), fx.pool.acquire()).await {
-        bail!("{name}: after the race the pool handed out connection {} with all {max} of max_size {max} held", max + 1);
+        bail!(
+            "{name}: after the race the pool handed out connection {} with all {max} of max_size {max} held",
+            max + 1
+        );
     }
     drop(held);
     check_released(&fx, "after the capacity check").await?;
     check_server_peak(&ctx, &fx, &mon, max as u64, "during the race").await
 }
 
-/// 14. 100 ops while the server's count of the test's connections is
+/// Catalogue #14: 100 ops while the server's count of the test's connections is
 /// monitored: bounded (variance < 20), no growth, and after every release
 /// nothing stays checked out or open beyond what the pool keeps.
 pub async fn no_connection_leak(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -293,7 +318,7 @@ fn inversions(order: &[usize]) -> usize {
     n
 }
 
-/// 15. With the pool exhausted, 10 queued waiters: the order they are
+/// Catalogue #15: With the pool exhausted, 10 queued waiters: the order they are
 /// served in is measured and reported; asserted to be arrival order only for
 /// pools that document it ([`DOCUMENTED_FIFO`]).
 pub async fn fifo_fairness(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -334,7 +359,9 @@ pub async fn fifo_fairness(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result
         for (i, t) in tasks.into_iter().enumerate() {
             tokio::time::timeout(Duration::from_secs(15), t)
                 .await
-                .with_context(|| format!("{name}: waiter {i} was never served (round {round}, served so far {:?})", order.lock()))?
+                .with_context(|| {
+                    format!("{name}: waiter {i} was never served (round {round}, served so far {:?})", order.lock())
+                })?
                 .context("a waiter panicked")?
                 .with_context(|| format!("{name}: waiter {i} failed (round {round})"))?;
         }
@@ -345,11 +372,8 @@ pub async fn fifo_fairness(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result
     }
     let inv: Vec<usize> = orders.iter().map(|o| inversions(o)).collect();
     let total: usize = inv.iter().sum();
-    let displacement = orders
-        .iter()
-        .flat_map(|o| o.iter().enumerate().map(|(pos, w)| pos.abs_diff(*w)))
-        .max()
-        .unwrap_or(0);
+    let displacement =
+        orders.iter().flat_map(|o| o.iter().enumerate().map(|(pos, w)| pos.abs_diff(*w))).max().unwrap_or(0);
     let in_order = inv.iter().filter(|n| **n == 0).count();
     ctx.record(Metric::lower("fifo_inversions", total as f64));
     ctx.record(Metric::lower("fifo_max_displacement", displacement as f64));

@@ -22,7 +22,7 @@ use poolstress_harness::{
 
 use super::{check_server_peak, hold, latency_budget, ms, quantile, setup, ungated, wait_until, with_acquire_timeout};
 
-/// 16. min 5 / max 10: 5 connections exist before first use, a warm
+/// Catalogue #16: min 5 / max 10: 5 connections exist before first use, a warm
 /// acquire is fast (< 50 ms), and the minimum is still there after a burst.
 pub async fn min_idle_maintained(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let (min, max) = (5, 10);
@@ -30,9 +30,11 @@ pub async fn min_idle_maintained(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::
     let name = fx.name.clone();
 
     ctx.step(format!("waiting for {min} connections before any use"));
-    wait_until(&format!("{name}: {min} server connections without a checkout (min_idle {min})"), Duration::from_secs(10), || async {
-        Ok(fx.count().await? >= min as u64)
-    })
+    wait_until(
+        &format!("{name}: {min} server connections without a checkout (min_idle {min})"),
+        Duration::from_secs(10),
+        || async { Ok(fx.count().await? >= min as u64) },
+    )
     .await?;
     ctx.record(Metric::lower("time_to_min_idle_ms", ms(fx.build_started.elapsed())));
     let n = fx.count().await?;
@@ -53,7 +55,14 @@ pub async fn min_idle_maintained(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::
         c.run(&Op::Ping).await?;
     }
     let worst = quantile(&mut times, 1.0);
-    latency_budget(&ctx, "warm_acquire_max_ms", worst, 50.0, ungated(&fx), &format!("over {min} acquisitions of pre-opened connections"))?;
+    latency_budget(
+        &ctx,
+        "warm_acquire_max_ms",
+        worst,
+        50.0,
+        ungated(&fx),
+        &format!("over {min} acquisitions of pre-opened connections"),
+    )?;
 
     ctx.step(format!("a burst to {max}, then the minimum must remain"));
     drop(hold(&fx.pool, max, Duration::from_secs(10)).await?);
@@ -72,7 +81,7 @@ pub async fn min_idle_maintained(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::
     Ok(())
 }
 
-/// 17. max 5 under 4x oversubscription: never more than 5 connections
+/// Catalogue #17: max 5 under 4x oversubscription: never more than 5 connections
 /// (server side), 5 checkouts held or a reported size above 5.
 pub async fn max_size_never_exceeded(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let max = 5;
@@ -115,11 +124,14 @@ pub async fn max_size_never_exceeded(ctx: TestCtx, a: Adapter<Postgres>) -> anyh
     ctx.record(Metric::higher("checkouts_in_flight_peak", p as f64));
     ensure!(p <= max, "{name}: {p} checkouts held at once; max_size {max}");
     ensure!(s <= max, "{name}: the pool reported size {s}; max_size {max}");
-    ensure!(p * 2 >= max, "{name}: with {workers} workers at most {p} checkouts were held at once: the pool did not use its {max}");
+    ensure!(
+        p * 2 >= max,
+        "{name}: with {workers} workers at most {p} checkouts were held at once: the pool did not use its {max}"
+    );
     check_server_peak(&ctx, &fx, &mon, max as u64, &format!("under {workers} workers")).await
 }
 
-/// 18. With a 2 s idle timeout, idle connections are closed (the server's
+/// Catalogue #18: With a 2 s idle timeout, idle connections are closed (the server's
 /// count drops, not before the timeout), and new ones are created on demand.
 pub async fn idle_timeout_closes(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let idle = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(2));
@@ -185,7 +197,7 @@ async fn backend_age(admin: &tokio_postgres::Client, pid: i64) -> anyhow::Result
     Ok(Duration::from_secs_f64(row.get::<_, f64>(0).max(0.0)))
 }
 
-/// 19. With a short max lifetime, during a run of 10 ops (5 s) connections
+/// Catalogue #19: With a short max lifetime, during a run of 10 ops (5 s) connections
 /// are recycled: several backends serve, none older than its lifetime
 /// (plus the pool's check interval).
 pub async fn max_lifetime_recycles(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -231,7 +243,7 @@ pub async fn max_lifetime_recycles(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow
     Ok(())
 }
 
-/// 20. A pool with min 10 is warm within 2 s of being built; an acquire of a
+/// Catalogue #20: A pool with min 10 is warm within 2 s of being built; an acquire of a
 /// pre-warmed connection takes < 20 ms.
 pub async fn warmup_on_init(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let min = 10;
@@ -244,7 +256,14 @@ pub async fn warmup_on_init(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Resul
     .await?;
     let warm = fx.build_started.elapsed();
     ctx.record(Metric::lower("build_ms", ms(fx.build_took)));
-    latency_budget(&ctx, "warmup_ms", ms(warm), 2000.0, ungated(&fx), &format!("to open {min} connections from the build"))?;
+    latency_budget(
+        &ctx,
+        "warmup_ms",
+        ms(warm),
+        2000.0,
+        ungated(&fx),
+        &format!("to open {min} connections from the build"),
+    )?;
     if fx.caps.supports(Knob::StatusIdle) {
         wait_until(&format!("{name}: status to report {min} idle"), Duration::from_secs(5), || async {
             Ok(fx.pool.status().and_then(|s| s.idle).unwrap_or(0) >= min)
@@ -274,4 +293,3 @@ pub async fn warmup_on_init(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Resul
     let worst = quantile(&mut times, 1.0);
     latency_budget(&ctx, "prewarmed_acquire_max_ms", worst, 20.0, ungated(&fx), &format!("over {min} acquisitions"))
 }
-

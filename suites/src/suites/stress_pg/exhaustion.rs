@@ -52,7 +52,7 @@ async fn acquire_must_time_out(fx: &Fx, timeout: Duration, held: usize) -> anyho
     Ok((e, took))
 }
 
-/// 1. A pool of max N never has more than N server connections; extra
+/// Catalogue #1: A pool of max N never has more than N server connections; extra
 /// acquirers queue and are served as connections are released; an acquire
 /// past its timeout fails with the pool's timeout error.
 pub async fn max_size_enforced(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -93,7 +93,9 @@ pub async fn max_size_enforced(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Re
     for (i, w) in waiters.into_iter().enumerate() {
         let c = tokio::time::timeout(timeout + Duration::from_secs(5), w)
             .await
-            .with_context(|| format!("{name}: queued acquirer {i} was not served after {extra} connections were released"))?
+            .with_context(|| {
+                format!("{name}: queued acquirer {i} was not served after {extra} connections were released")
+            })?
             .context("a queued acquirer panicked")?
             .with_context(|| format!("{name}: queued acquirer {i} failed after {extra} connections were released"))?;
         held.push(c);
@@ -108,7 +110,7 @@ pub async fn max_size_enforced(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Re
     check_server_peak(&ctx, &fx, &mon, max as u64, "while the pool was exhausted").await
 }
 
-/// 2. 2x max_size concurrent requests, each holding its connection for a
+/// Catalogue #2: 2x max_size concurrent requests, each holding its connection for a
 /// while, all succeed eventually.
 pub async fn exhaustion_waiters_all_served(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let max = ctx.profile().pick(10, 20);
@@ -159,11 +161,7 @@ pub async fn exhaustion_waiters_all_served(ctx: TestCtx, a: Adapter<Postgres>) -
         } else {
             String::new()
         };
-        bail!(
-            "{name}: {} of {requests} requests failed ({}){why}; first: {first}",
-            stats.errors.total(),
-            stats.errors
-        );
+        bail!("{name}: {} of {requests} requests failed ({}){why}; first: {first}", stats.errors.total(), stats.errors);
     }
     let p = peak.load(Ordering::SeqCst);
     ensure!(p <= max, "{name}: {p} requests held a connection at once on a pool of max {max}");
@@ -173,7 +171,7 @@ pub async fn exhaustion_waiters_all_served(ctx: TestCtx, a: Adapter<Postgres>) -
     check_server_peak(&ctx, &fx, &mon, max as u64, &format!("while {requests} requests shared {max} connections")).await
 }
 
-/// 3. With every connection held an acquire times out with the acquire
+/// Catalogue #3: With every connection held an acquire times out with the acquire
 /// timeout error; after the release the pool serves again at once.
 pub async fn exhaustion_timeout_then_recovers(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let max = ctx.profile().pick(3, 5);
@@ -206,7 +204,7 @@ pub async fn exhaustion_timeout_then_recovers(ctx: TestCtx, a: Adapter<Postgres>
     check_released(&fx, "after every checkout was released").await
 }
 
-/// 4. Normal, heavy and overload phases (closed loop, 0.5x, 2x and 5x
+/// Catalogue #4: Normal, heavy and overload phases (closed loop, 0.5x, 2x and 5x
 /// max_size workers): latency grows with load, no phase collapses (error
 /// rate under budget, nothing hangs).
 pub async fn graceful_degradation_normal_heavy_overload(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -222,7 +220,11 @@ pub async fn graceful_degradation_normal_heavy_overload(ctx: TestCtx, a: Adapter
     // (phase, workers, error-rate budget)
     let phases = [("normal", (max / 2).max(1), 0.01), ("heavy", 2 * max, 0.01), ("overload", 5 * max, 0.10)];
     let plan = phases.iter().fold(Plan::new(), |p, (n, w, _)| {
-        p.then(LoadPhase::closed(*n, *w, Limit::new(1_000_000, phase_len)).grace(grace).timeline_bucket(Duration::from_millis(100)))
+        p.then(
+            LoadPhase::closed(*n, *w, Limit::new(1_000_000, phase_len))
+                .grace(grace)
+                .timeline_bucket(Duration::from_millis(100)),
+        )
     });
     ctx.step("normal, heavy and overload phases");
     let pool = fx.pool.clone();
@@ -241,14 +243,25 @@ pub async fn graceful_degradation_normal_heavy_overload(ctx: TestCtx, a: Adapter
     for (phase, workers, budget) in phases {
         let s = report.phase(phase)?;
         ctx.note(s.summary());
-        ensure!(s.cancelled == 0, "{name}: {} ops hung past {grace:?} of grace in phase {phase} ({workers} workers)", s.cancelled);
+        ensure!(
+            s.cancelled == 0,
+            "{name}: {} ops hung past {grace:?} of grace in phase {phase} ({workers} workers)",
+            s.cancelled
+        );
         s.check_accounted(None)?;
-        ensure!(s.ok > 0, "{name}: nothing succeeded in phase {phase} ({workers} workers on {max}): the pool collapsed");
+        ensure!(
+            s.ok > 0,
+            "{name}: nothing succeeded in phase {phase} ({workers} workers on {max}): the pool collapsed"
+        );
         s.check_only(&[ErrorClass::AcquireTimeout])?;
-        s.check_error_rate(budget).with_context(|| format!("{name}: phase {phase} ({workers} workers on a pool of {max})"))?;
+        s.check_error_rate(budget)
+            .with_context(|| format!("{name}: phase {phase} ({workers} workers on a pool of {max})"))?;
     }
     let (normal, overload) = (report.phase("normal")?, report.phase("overload")?);
-    ctx.record(Metric::lower("overload_vs_normal_p50_ratio", overload.latency.p50_ms / normal.latency.p50_ms.max(1e-3)));
+    ctx.record(Metric::lower(
+        "overload_vs_normal_p50_ratio",
+        overload.latency.p50_ms / normal.latency.p50_ms.max(1e-3),
+    ));
     ensure!(
         overload.latency.p50_ms > normal.latency.p50_ms,
         "{name}: latency did not grow with load: p50 {:.2} ms with {} workers, {:.2} ms with {} workers on a pool of {max} \
@@ -264,7 +277,7 @@ pub async fn graceful_degradation_normal_heavy_overload(ctx: TestCtx, a: Adapter
     check_server_peak(&ctx, &fx, &mon, max as u64, "across normal, heavy and overload").await
 }
 
-/// 5. The timeout error says what timed out (waiting for a slot, not
+/// Catalogue #5: The timeout error says what timed out (waiting for a slot, not
 /// creating or checking a connection), with the pool's state and what to do.
 pub async fn exhaustion_error_is_actionable(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let max = 2;
@@ -276,7 +289,10 @@ pub async fn exhaustion_error_is_actionable(ctx: TestCtx, a: Adapter<Postgres>) 
     let (e, _) = acquire_must_time_out(&fx, timeout, max).await?;
     let msg = e.to_string();
     ctx.note(format!("the error: {msg}"));
-    ctx.attach("acquire_timeout_error", serde_json::json!({ "message": msg, "phase": e.phase(), "status": e.status() }));
+    ctx.attach(
+        "acquire_timeout_error",
+        serde_json::json!({ "message": msg, "phase": e.phase(), "status": e.status() }),
+    );
     drop(held);
 
     // What timed out: nothing was being opened or checked, so it is the wait
@@ -292,9 +308,14 @@ pub async fn exhaustion_error_is_actionable(ctx: TestCtx, a: Adapter<Postgres>) 
     ensure!(msg.contains(&phase), "{name}: the message does not say what timed out ({phase:?}): {msg}");
     ensure!(msg.contains(&name), "{name}: the message does not name the pool: {msg}");
     ensure!(msg.contains("[acquire_timeout]"), "{name}: the message does not classify the error: {msg}");
-    ensure!(msg.contains("max_size"), "{name}: the message does not say what to do (raise max_size or acquire_timeout): {msg}");
+    ensure!(
+        msg.contains("max_size"),
+        "{name}: the message does not say what to do (raise max_size or acquire_timeout): {msg}"
+    );
     if fx.caps.supports(Knob::StatusSize) {
-        let st = e.status().with_context(|| format!("{name}: the pool reports its size but the error carries no status: {msg}"))?;
+        let st = e
+            .status()
+            .with_context(|| format!("{name}: the pool reports its size but the error carries no status: {msg}"))?;
         ensure!(
             st.size == Some(max) && st.max_size == Some(max),
             "{name}: the error's status says size {:?} of {:?}; all {max} of {max} were held: {msg}",
@@ -302,10 +323,17 @@ pub async fn exhaustion_error_is_actionable(ctx: TestCtx, a: Adapter<Postgres>) 
             st.max_size
         );
         if fx.caps.supports(Knob::StatusIdle) {
-            ensure!(st.in_use() == Some(max), "{name}: the error's status says {:?} in use; all {max} were: {msg}", st.in_use());
+            ensure!(
+                st.in_use() == Some(max),
+                "{name}: the error's status says {:?} in use; all {max} were: {msg}",
+                st.in_use()
+            );
         }
         let state = format!("size {max}/{max}");
-        ensure!(msg.contains("pool status:") && msg.contains(&state), "{name}: the message does not show the pool's state ({state}): {msg}");
+        ensure!(
+            msg.contains("pool status:") && msg.contains(&state),
+            "{name}: the message does not show the pool's state ({state}): {msg}"
+        );
     } else {
         ctx.note(format!("{name} reports no status: the message cannot show the pool's state"));
     }

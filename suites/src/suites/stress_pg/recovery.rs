@@ -29,7 +29,7 @@ use super::{
 };
 use crate::util::{retry, Retry};
 
-/// 6. 30 % of the pool's backends terminated server side (pg_terminate_backend)
+/// Catalogue #6: 30 % of the pool's backends terminated server side (pg_terminate_backend)
 /// under load: the failed connections are dropped (each costs at most a
 /// couple of failed ops), the pool refills, later ops succeed.
 pub async fn recovers_after_connection_failures(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -84,7 +84,11 @@ pub async fn recovers_after_connection_failures(ctx: TestCtx, a: Adapter<Postgre
     let killed = report.killed.len() as u64;
     ctx.note(format!("killed {killed} of {} backends: {:?}", report.seen, report.killed));
     ctx.record(Metric::lower("backends_killed", killed as f64));
-    ensure!(killed > 0, "{name}: the fault killed none of the {} backends it saw: the scenario did not apply", report.seen);
+    ensure!(
+        killed > 0,
+        "{name}: the fault killed none of the {} backends it saw: the scenario did not apply",
+        report.seen
+    );
 
     ensure!(stats.cancelled == 0, "{name}: {} ops hung past the grace period after the kill", stats.cancelled);
     stats.check_accounted(None)?;
@@ -100,7 +104,10 @@ pub async fn recovers_after_connection_failures(ctx: TestCtx, a: Adapter<Postgre
         stats.errors
     );
     stats.check_only(&[ErrorClass::ConnectionBroken])?;
-    ensure!(r.first_success_after_heal.is_some(), "{name}: nothing succeeded after {killed} backends were killed: {r:?}");
+    ensure!(
+        r.first_success_after_heal.is_some(),
+        "{name}: nothing succeeded after {killed} backends were killed: {r:?}"
+    );
     let recovered = r.error_rate_recovered_after.ok_or_else(|| {
         anyhow!(
             "{name}: the error rate never went back under 1 % after {killed} backends were killed ({} ops failed after the kill): \
@@ -108,17 +115,29 @@ pub async fn recovers_after_connection_failures(ctx: TestCtx, a: Adapter<Postgre
             r.errors_after_heal
         )
     })?;
-    check_at_most("recovery", ms(recovered), 3000.0, "ms", "from the kill to an error rate under 1 % (100 ms buckets)")?;
+    check_at_most(
+        "recovery",
+        ms(recovered),
+        3000.0,
+        "ms",
+        "from the kill to an error rate under 1 % (100 ms buckets)",
+    )?;
     let tail_from = load_end - dur / 4;
     let late_failures = samples.iter().filter(|s| s.at >= tail_from && !s.ok).count();
-    ensure!(late_failures == 0, "{name}: {late_failures} ops failed in the last quarter of the run, long after the kill{first}");
+    ensure!(
+        late_failures == 0,
+        "{name}: {late_failures} ops failed in the last quarter of the run, long after the kill{first}"
+    );
 
     ctx.step("the pool refills: every connection works");
     let held = hold(&fx.pool, max, Duration::from_secs(10))
         .await
         .with_context(|| format!("{name}: the pool could not serve {max} working connections after the kill"))?;
     let n = fx.count().await?;
-    ensure!(n == max as u64, "{name}: {max} checkouts held after the kill but the server sees {n} of the test's connections");
+    ensure!(
+        n == max as u64,
+        "{name}: {max} checkouts held after the kill but the server sees {n} of the test's connections"
+    );
     drop(held);
     check_server_peak(&ctx, &fx, &mon, max as u64, "during the kills and the refill").await
 }
@@ -136,7 +155,7 @@ async fn acquire_times(pool: &Pool, n: usize) -> anyhow::Result<Vec<f64>> {
     Ok(v)
 }
 
-/// 7. 50 acquisitions with validation (a round trip per checkout): the
+/// Catalogue #7: 50 acquisitions with validation (a round trip per checkout): the
 /// overhead against no validation is measured (budget 50 ms p95), and the
 /// validation really catches a connection killed while idle.
 pub async fn validation_on_acquire(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -179,13 +198,15 @@ pub async fn validation_on_acquire(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow
     .await;
     match after {
         Err(_) => bail!("{name}: with validation=ping, acquiring after idle backend {pid} was killed hung for 10 s"),
-        Ok(Err(e)) => bail!("{name}: with validation=ping the pool handed out backend {pid}, killed server side while idle: {e}"),
+        Ok(Err(e)) => {
+            bail!("{name}: with validation=ping the pool handed out backend {pid}, killed server side while idle: {e}")
+        }
         Ok(Ok(out)) => ensure!(out.id() != Some(pid), "{name}: backend {pid} still answers after it was killed"),
     }
     Ok(())
 }
 
-/// 8. Connections idle for a while (2 s) are still usable, and one killed
+/// Catalogue #8: Connections idle for a while (2 s) are still usable, and one killed
 /// server side while idle is replaced transparently: the first operation on
 /// every later checkout works.
 pub async fn stale_connection_after_idle(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -238,7 +259,10 @@ pub async fn stale_connection_after_idle(ctx: TestCtx, a: Adapter<Postgres>) -> 
             ),
         }
     }
-    ensure!(!ids.contains(&Some(killed)), "{name}: backend {killed} still answers after it was killed: the kill did not take");
+    ensure!(
+        !ids.contains(&Some(killed)),
+        "{name}: backend {killed} still answers after it was killed: the kill did not take"
+    );
     let reused = ids.contains(&Some(kept));
     ctx.record(Metric::higher("idle_connection_reused", if reused { 1.0 } else { 0.0 }));
     ctx.note(format!(
@@ -279,14 +303,16 @@ async fn attempt(pool: &Pool, fx_kill: &super::Killer, schedule: &[bool], st: &R
         match (op, killed) {
             (Err(e), Ok(())) => return Err(e),
             (_, Err(e)) => st.fault_failures.lock().push(format!("killing backend {pid}: {e:#}")),
-            (Ok(_), Ok(())) => st.fault_failures.lock().push(format!("backend {pid} was killed but its query completed")),
+            (Ok(_), Ok(())) => {
+                st.fault_failures.lock().push(format!("backend {pid} was killed but its query completed"))
+            }
         }
     }
     c.run(&Op::Ping).await?;
     Ok(())
 }
 
-/// 9. With transient connection failures (a third of the attempts have
+/// Catalogue #9: With transient connection failures (a third of the attempts have
 /// their backend terminated mid-query), an operation with up to 3 tries
 /// ([`crate::util::retry`]) succeeds: at least 25 of 30.
 pub async fn reconnects_with_retries(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -303,9 +329,12 @@ pub async fn reconnects_with_retries(ctx: TestCtx, a: Adapter<Postgres>) -> anyh
     let (mut ok, mut retried_ok) = (0, 0);
     let mut failures: BTreeMap<ErrorClass, (u64, String)> = BTreeMap::new();
     for _ in 0..ops {
-        let out = tokio::time::timeout(Duration::from_secs(30), retry(&policy, || attempt(&fx.pool, &fx.kill, &schedule, &st)))
-            .await
-            .map_err(|_| anyhow!("{name}: an operation with 3 tries hung for 30 s"))?;
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            retry(&policy, || attempt(&fx.pool, &fx.kill, &schedule, &st)),
+        )
+        .await
+        .map_err(|_| anyhow!("{name}: an operation with 3 tries hung for 30 s"))?;
         match out.result {
             Ok(()) => {
                 ok += 1;
@@ -319,8 +348,11 @@ pub async fn reconnects_with_retries(ctx: TestCtx, a: Adapter<Postgres>) -> anyh
     }
     let faults = st.fault_failures.lock().clone();
     ensure!(faults.is_empty(), "{name}: the fault did not apply: {}", faults.join("; "));
-    let (attempts, kills, doa) =
-        (st.attempts.load(Ordering::SeqCst), st.kills.load(Ordering::SeqCst), st.dead_on_arrival.load(Ordering::SeqCst));
+    let (attempts, kills, doa) = (
+        st.attempts.load(Ordering::SeqCst),
+        st.kills.load(Ordering::SeqCst),
+        st.dead_on_arrival.load(Ordering::SeqCst),
+    );
     let failed: u64 = failures.values().map(|f| f.0).sum();
     ctx.record(Metric::higher("ops_ok", ok as f64));
     ctx.record(Metric::higher("ops_ok_after_retry", retried_ok as f64));
@@ -332,7 +364,8 @@ pub async fn reconnects_with_retries(ctx: TestCtx, a: Adapter<Postgres>) -> anyh
     ));
     ensure!(ok + failed as usize == ops, "{name}: {ok} ok + {failed} failed != {ops} operations");
     ensure!(kills > 0, "{name}: no backend was killed in {attempts} attempts: the fault did not apply");
-    let first = failures.iter().next().map(|(c, (n, m))| format!("; {n} ended with [{c}], e.g. {m}")).unwrap_or_default();
+    let first =
+        failures.iter().next().map(|(c, (n, m))| format!("; {n} ended with [{c}], e.g. {m}")).unwrap_or_default();
     ensure!(
         ok >= 25,
         "{name}: only {ok} of {ops} operations succeeded with up to 3 tries while {kills} backends were killed mid-query; \
@@ -359,7 +392,7 @@ const RESTART_RECOVERY_LIMIT: Duration = Duration::from_secs(15);
 /// The catalogue's recovery-time budget (checked with slack).
 const RESTART_RECOVERY_BUDGET_MS: f64 = 2000.0;
 
-/// 10. The real server is restarted under load; the SAME pool object (never
+/// Catalogue #10: The real server is restarted under load; the SAME pool object (never
 /// rebuilt) serves again within the recovery-time budget, with only the
 /// errors a restart explains.
 pub async fn recovers_after_server_restart(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
@@ -446,7 +479,10 @@ pub async fn recovers_after_server_restart(ctx: TestCtx, a: Adapter<Postgres>) -
         bail!("{name}: {n} operations failed with [{c}] around the restart (a restart explains connection_broken, connect_refused, acquire_timeout): {m}");
     }
     let rec = r.error_rate_recovered_after.ok_or_else(|| {
-        anyhow!("{name}: the error rate never went back under 1 % after the restart ({} failed after it){first}", r.errors_after_heal)
+        anyhow!(
+            "{name}: the error rate never went back under 1 % after the restart ({} failed after it){first}",
+            r.errors_after_heal
+        )
     })?;
     latency_budget(
         &ctx,
@@ -458,13 +494,16 @@ pub async fn recovers_after_server_restart(ctx: TestCtx, a: Adapter<Postgres>) -
     )?;
 
     ctx.step("every connection of the same pool works after the restart");
-    let mut held = hold(&fx.pool, max, Duration::from_secs(10))
-        .await
-        .with_context(|| format!("{name}: after the restart the same pool could not hand out {max} working connections"))?;
+    let mut held = hold(&fx.pool, max, Duration::from_secs(10)).await.with_context(|| {
+        format!("{name}: after the restart the same pool could not hand out {max} working connections")
+    })?;
     let pid_after = held[0].run(&Op::WhoAmI).await?.id();
     drop(held);
     let started_after = postmaster_started(&fx).await?;
-    ensure!(started_after != started_before, "postgres' start time did not change ({started_before}): no restart happened");
+    ensure!(
+        started_after != started_before,
+        "postgres' start time did not change ({started_before}): no restart happened"
+    );
     ensure!(pid_after != Some(pid_before), "{name}: backend {pid_before} answered after a restart");
     ctx.note(format!("postmaster {started_before} -> {started_after}; backend {pid_before} -> {pid_after:?}; one pool object throughout"));
     Ok(())
