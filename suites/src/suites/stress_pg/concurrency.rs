@@ -121,13 +121,16 @@ pub async fn sustained_1000_ops_per_s(ctx: TestCtx, a: Adapter<Postgres>) -> any
     let fx = setup(&ctx, &a, with_acquire_timeout(&a, PoolConfig::new(max), Duration::from_secs(5))).await?;
     let name = fx.name.clone();
     let mon = fx.monitor(&ctx);
-    let phase = Phase::open("sustained", rate, dur).grace(Duration::from_secs(5));
+    // A connection per op (no reuse) cannot keep up on a small machine: its
+    // ops queue for connects; give them time to finish rather than call that a hang.
+    let grace = if fx.reuses() { Duration::from_secs(5) } else { Duration::from_secs(30) };
+    let phase = Phase::open("sustained", rate, dur).grace(grace);
     let due = phase.limit().max_ops;
     ctx.step(format!("open loop at {rate} ops/s for {dur:?}"));
     let stats = phase.run(&ctx, ping_op(&fx.pool)).await?;
     stats.record_into(&ctx, "sustained");
     ctx.note(stats.summary());
-    ensure!(stats.cancelled == 0, "{name}: {} ops hung past the grace period", stats.cancelled);
+    ensure!(stats.cancelled == 0, "{name}: {} ops hung past the grace period of {grace:?}", stats.cancelled);
     stats.check_accounted(None)?;
     ensure!(
         stats.started + stats.missed == due,

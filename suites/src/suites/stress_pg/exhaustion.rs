@@ -258,17 +258,18 @@ pub async fn graceful_degradation_normal_heavy_overload(ctx: TestCtx, a: Adapter
             .with_context(|| format!("{name}: phase {phase} ({workers} workers on a pool of {max})"))?;
     }
     let (normal, overload) = (report.phase("normal")?, report.phase("overload")?);
-    ctx.record(Metric::lower(
-        "overload_vs_normal_p50_ratio",
-        overload.latency.p50_ms / normal.latency.p50_ms.max(1e-3),
-    ));
+    // The mean, not the median: in a closed loop the mean is workers / throughput
+    // (Little's law), so queueing must show in it; a pool that lets releasing
+    // callers re-acquire first keeps its median flat and pushes the wait into
+    // the tail (recorded as p99 / p50).
+    let (m0, m1) = (normal.latency.mean_ms, overload.latency.mean_ms);
+    ctx.record(Metric::lower("overload_vs_normal_mean_ratio", m1 / m0.max(1e-3)));
+    ctx.record(Metric::lower("overload_p99_vs_p50", overload.latency.p99_ms / overload.latency.p50_ms.max(1e-3)));
     ensure!(
-        overload.latency.p50_ms > normal.latency.p50_ms,
-        "{name}: latency did not grow with load: p50 {:.2} ms with {} workers, {:.2} ms with {} workers on a pool of {max} \
+        m1 > m0,
+        "{name}: latency did not grow with load: mean {m0:.2} ms with {} workers, {m1:.2} ms with {} workers on a pool of {max} \
          (queueing for a connection must show)",
-        normal.latency.p50_ms,
         phases[0].1,
-        overload.latency.p50_ms,
         phases[2].1
     );
     if let Some(acq) = &overload.acquire {
