@@ -116,7 +116,7 @@ pub async fn exhaustion_waiters_all_served(ctx: TestCtx, a: Adapter<Postgres>) -
     let max = ctx.profile().pick(10, 20);
     let requests = 2 * max;
     let op_hold = ctx.profile().pick(Duration::from_millis(50), Duration::from_millis(200));
-    let within = ctx.profile().pick(Duration::from_millis(1500), Duration::from_secs(10));
+    let within = ctx.profile().pick(Duration::from_secs(1), Duration::from_secs(10));
     let fx = setup(&ctx, &a, with_acquire_timeout(&a, PoolConfig::new(max), within)).await?;
     let name = fx.name.clone();
     let mon = fx.monitor(&ctx);
