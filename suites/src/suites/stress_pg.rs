@@ -313,7 +313,7 @@ pub(crate) async fn start_queued<T: Send + 'static>(mut f: BoxFuture<'static, T>
 /// How long released connections get to be back in the pool (or closed,
 /// without a pool) before it counts as a leak: sqlx returns them from a
 /// spawned task, a closed backend leaves pg_stat_activity a few ms later.
-pub(crate) const SETTLE: Duration = Duration::from_secs(1);
+pub(crate) const SETTLE: Duration = Duration::from_millis(1500);
 
 /// After every checkout the test took was released, the pool must report
 /// none in use (where it reports size and idle): otherwise checkouts are
