@@ -3,22 +3,26 @@
 use poolstress_harness::Registry;
 
 pub mod bench;
+pub mod broken;
 pub mod conformance;
 pub mod faults;
 pub mod harness_bench;
 pub mod layer2;
 pub mod smoke;
 pub mod stress_edge;
+pub mod stress_pg;
 pub mod stress_redis;
 
 /// Registers every suite.
 pub fn register(r: &mut Registry) {
     bench::register(r);
+    broken::register(r);
     conformance::register(r);
     faults::register(r);
     harness_bench::register(r);
     layer2::register(r);
     smoke::register(r);
     stress_edge::register(r);
+    stress_pg::register(r);
     stress_redis::register(r);
 }
