@@ -1,0 +1,72 @@
+//! `partition_then_heal`: the pool is cut off from its server for T while
+//! a closed-loop load runs (layers 2 and 3: the fault proxy holds every byte,
+//! a blackhole; layer_1: the mock's connections break and creates are
+//! refused), then healed. Ops are bounded, so the stalled ones are dropped
+//! mid-flight (cancelled) and their connections go back to the pool with a
+//! request outstanding: afterwards no connection may be poisoned.
+
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use poolstress_fixtures::fault::FaultWindow;
+use poolstress_harness::{
+    load::{Limit, Phase},
+    TestCtx,
+};
+
+use super::{
+    bed::{Rig, Sampler},
+    ledger::{after_fault, note_plan, size_probe, start_load},
+};
+
+/// The scenario body.
+pub async fn partition_then_heal(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
+    let max = ctx.profile().pick(4, 10);
+    let part = ctx.profile().pick(Duration::from_millis(700), Duration::from_secs(5));
+    let after = ctx.profile().pick(Duration::from_millis(1200), Duration::from_secs(10));
+    let bound = ctx.profile().pick(Duration::from_millis(300), Duration::from_secs(1));
+    let lead = Duration::from_millis(300);
+    let cfg = rig.config(max, Some(Duration::from_millis(500)), Some(Duration::from_millis(500)), None);
+    let bed = rig.bed(&ctx, cfg).await?;
+    let what = bed.what();
+    note_plan(&ctx, &[format!("after the load is running, for {part:?}: partition ({})", partition_kind(&rig))]);
+
+    let sampler = Sampler::start(bed.counter());
+    let load = start_load(&ctx, &bed, Phase::closed("load", max, Limit::new(1_000_000, lead * 2 + part + after)), bound);
+    load.running(20, Duration::from_secs(10)).await?;
+    let before = bed.server_count().await.unwrap_or(0);
+
+    ctx.step(format!("partitioned for {part:?}"));
+    let fault_at = Instant::now();
+    ctx.event(format!("chaos: partition start ({})", partition_kind(&rig)));
+    let p = bed.partition()?;
+    tokio::time::sleep(part).await; // the fault's duration
+    p.heal()?;
+    let heal_at = Instant::now();
+    ctx.event("chaos: partition healed");
+    let probe = size_probe(&bed, before.min(max as u64), heal_at, after);
+
+    let (_stats, ledger) = load.finish(&ctx, &what).await?;
+    let max_seen = sampler.finish().await;
+    let mut rec = ledger.recovery(FaultWindow::new(fault_at, heal_at).until(Instant::now()));
+    rec.back_to_size = probe.await.ok().flatten();
+    rec.record(&ctx, "partition_");
+    if let Some(p) = &bed.proxy {
+        ensure!(p.active().is_empty(), "{what}: proxy faults left active after the heal: {:?}", p.active());
+    }
+    ensure!(
+        rec.recovery.errors_during_fault > 0,
+        "{what}: no operation failed during a {part:?} partition with a {bound:?} op bound: the fault did not apply ({:?})",
+        rec.recovery
+    );
+    after_fault(&ctx, &bed, max_seen, 0).await?;
+    rec.check_recovered(&what)?;
+    Ok(())
+}
+
+fn partition_kind(rig: &Rig) -> &'static str {
+    match rig.layer {
+        super::bed::Layer::L1 => "mock connections broken, creates refused",
+        _ => "fault proxy blackhole: every byte held",
+    }
+}
