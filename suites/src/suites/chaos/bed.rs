@@ -6,7 +6,7 @@
 //! | server | [`MockServer`] | stand-in (`poolstress_fixtures::standin`) | the run's Postgres / Redis, the test's own database |
 //! | path | in process | through the fault proxy | through the fault proxy |
 //! | kill | every connection broken (`MockServer::kill`; the mock has no per-connection kill) | chosen connections killed by id | `kill_pg_backends` / `kill_redis_clients` |
-//! | partition | connections broken and creates refused until healed | proxy blackhole (`timeout` 0) | proxy blackhole |
+//! | partition | connections broken and creates refused until healed | proxy blackhole both ways (`timeout` 0) | proxy blackhole both ways |
 //! | schedule env | workers | proxy, workers | proxy, server, connections, workers |
 //!
 //! A scenario gets a [`Rig`] (a layer and an adapter), decides its pool
@@ -26,7 +26,7 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use poolstress_fixtures::{
-    fault::{kill_pg_backends, kill_redis_clients, ChaosEnv, FaultGuard, FaultKind, FaultProxy, Victims},
+    fault::{kill_pg_backends, kill_redis_clients, ChaosEnv, FaultGuard, FaultKind, FaultProxy, FaultSpec, Victims},
     pool::{Adapter, Capabilities, Knob, Mock, MockServer, Pool, PoolConfig, Postgres, Redis, Service},
     service::{self, ServerControl},
     standin::ConnectionSnapshot,
@@ -64,6 +64,9 @@ impl fmt::Display for Layer {
         f.write_str(self.tag())
     }
 }
+
+/// How long a mock query takes at layer_1.
+const MOCK_QUERY: Duration = Duration::from_millis(1);
 
 type Build = Arc<dyn Fn(TestCtx, PoolConfig) -> BoxFuture<'static, anyhow::Result<Bed>> + Send + Sync>;
 
@@ -226,7 +229,11 @@ impl Bed {
     async fn mock(ctx: &TestCtx, a: &Adapter<Mock>, cfg: &PoolConfig) -> anyhow::Result<Bed> {
         let server = MockServer::new();
         let pool = a.build(cfg, &server).await.with_context(|| format!("building {}", a.name()))?;
-        ctx.note(format!("{} ({}) with {cfg:?} at layer_1 (mock server)", a.name(), a.version()));
+        // Mock queries take a tick, so a closed loop on them does not spin.
+        for p in server.pools() {
+            p.set_op_latency(MOCK_QUERY);
+        }
+        ctx.note(format!("{} ({}) with {cfg:?} at layer_1 (mock server, {MOCK_QUERY:?} per query)", a.name(), a.version()));
         Ok(Bed {
             layer: Layer::L1,
             pool,
@@ -350,7 +357,7 @@ impl Bed {
                 }
                 Ok(Partition { mock: pools, guard: None })
             }
-            (_, Some(p)) => Ok(Partition { mock: Vec::new(), guard: Some(p.add(FaultKind::blackhole())?) }),
+            (_, Some(p)) => Ok(Partition { mock: Vec::new(), guard: Some(p.add(FaultSpec::new(FaultKind::blackhole()).both())?) }),
             (_, None) => anyhow::bail!("no proxy to partition with"),
         }
     }

@@ -44,7 +44,7 @@ enum Stop {
 pub async fn cancel_holding(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let max = ctx.profile().pick(5, 10);
     let query = ctx.profile().pick(Duration::from_millis(250), Duration::from_millis(400)); // under bb8-redis's fixed 500 ms
-    let cfg = rig.config(max, Some(Duration::from_secs(2)), Some(Duration::from_secs(2)), Some(Duration::from_secs(5)));
+    let cfg = rig.config(max, Some(Duration::from_secs(1)), Some(Duration::from_secs(2)), Some(Duration::from_secs(5)));
     let bed = rig.bed(&ctx, cfg).await?;
     let what = bed.what();
 

@@ -1,24 +1,69 @@
 //! `gradual_exhaustion`: a slow leak. While a closed-loop load runs, a
-//! careless caller takes one more checkout every step and never gives it
-//! back, until it holds all of them; the load's latency and errors are
+//! careless code path in the load keeps one more checkout every step instead
+//! of releasing it, until all of them are kept; the load's latency and errors are
 //! recorded per stage (`stage_<k>.*`: k connections leaked). Then the leak is
 //! released. While everything is leaked, ops may fail only with
 //! `acquire_timeout` (and some must: otherwise the pool handed out more than
 //! max_size); afterwards the same pool recovers with its capacity intact.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use anyhow::{bail, ensure};
-use poolstress_fixtures::fault::FaultWindow;
+use anyhow::ensure;
+use parking_lot::Mutex;
+use poolstress_fixtures::{fault::FaultWindow, pool::Checkout};
 use poolstress_harness::{
     load::{Limit, Phase},
-    Classify, ErrorClass, Metric, TestCtx,
+    ErrorClass, Metric, TestCtx,
 };
+
+use crate::suites::conformance::wait_until;
 
 use super::{
     bed::{Rig, Sampler},
-    ledger::{after_fault, note_plan, start_load},
+    ledger::{after_fault, note_plan, start_load_with, Keep},
 };
+
+/// The leak: keeps one more checkout each `step`, up to `max`, until released.
+struct Leaker {
+    max: usize,
+    step: Duration,
+    state: Mutex<LeakState>,
+}
+
+struct LeakState {
+    kept: Vec<Checkout>,
+    next_at: Instant,
+    at: Vec<Instant>,
+    released: bool,
+}
+
+impl Leaker {
+    fn offer(&self, c: Checkout) -> Option<Checkout> {
+        let mut s = self.state.lock();
+        let now = Instant::now();
+        if s.released || s.kept.len() >= self.max || now < s.next_at {
+            return Some(c);
+        }
+        s.kept.push(c);
+        s.at.push(now);
+        s.next_at = now + self.step;
+        None
+    }
+
+    fn kept(&self) -> usize {
+        self.state.lock().kept.len()
+    }
+
+    fn release(&self) -> Vec<Instant> {
+        let mut s = self.state.lock();
+        s.released = true;
+        s.kept.clear();
+        s.at.clone()
+    }
+}
 
 /// The scenario body.
 pub async fn gradual_exhaustion(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
@@ -30,34 +75,31 @@ pub async fn gradual_exhaustion(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let cfg = rig.config(max, Some(acquire), Some(Duration::from_secs(2)), None);
     let bed = rig.bed(&ctx, cfg).await?;
     let what = bed.what();
-    note_plan(&ctx, &[format!("from the load's start, every {step:?}: leak one more checkout until all {max} are held; hold {exhausted:?}; release")]);
+    note_plan(&ctx, &[format!("from the load's start, every {step:?}: one more checkout kept by the load until all {max} are; hold {exhausted:?}; release")]);
 
     let sampler = Sampler::start(bed.counter());
-    let total = step * max as u32 + exhausted + after + Duration::from_millis(500);
-    let load = start_load(&ctx, &bed, Phase::closed("load", max, Limit::new(1_000_000, total)), Duration::from_secs(2));
-    load.running(10, Duration::from_secs(10)).await?;
-
-    let mut leaked = Vec::new();
-    let mut stages = vec![Instant::now()];
-    for k in 1..=max {
-        ctx.step(format!("leaking checkout {k} of {max}"));
-        tokio::time::sleep(step).await; // the leak's pace
-        let end = Instant::now() + Duration::from_secs(10);
-        let c = loop {
-            // The leaker competes with the load for a slot.
-            match bed.pool.acquire().await {
-                Ok(c) => break c,
-                Err(e) if e.class() == ErrorClass::AcquireTimeout && Instant::now() < end => continue,
-                Err(e) => bail!("{what}: the leaker could not take checkout {k} of {max} [{}]: {e}", e.class()),
-            }
-        };
-        leaked.push(c);
-        stages.push(Instant::now());
-        ctx.event(format!("chaos: leaked {k} of {max}"));
-    }
+    let leaker = Arc::new(Leaker {
+        max,
+        step,
+        state: Mutex::new(LeakState { kept: Vec::new(), next_at: Instant::now() + step, at: Vec::new(), released: false }),
+    });
+    let keep: Keep = {
+        let l = leaker.clone();
+        Arc::new(move |c| l.offer(c))
+    };
+    let total = step * (max as u32 + 2) + exhausted + after + Duration::from_millis(500);
+    let load = start_load_with(&ctx, &bed, Phase::closed("load", max, Limit::new(1_000_000, total)), Duration::from_secs(2), Some(keep));
+    let start = Instant::now();
+    ctx.step("leaking one checkout per step");
+    wait_until(&format!("{what}: all {max} checkouts leaked"), step * (max as u32 + 2) + Duration::from_secs(5), || async {
+        Ok(leaker.kept() == max)
+    })
+    .await?;
     let fault_at = Instant::now();
+    ctx.event(format!("chaos: all {max} checkouts leaked"));
     tokio::time::sleep(exhausted).await; // how long the pool stays exhausted
-    drop(leaked);
+    let mut stages = vec![start];
+    stages.extend(leaker.release());
     let heal_at = Instant::now();
     ctx.event("chaos: leak released");
 

@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use poolstress_fixtures::{
     fault::{analyse, FaultWindow, Recovery, Sample},
-    pool::{Knob, Op, Pool, PoolError},
+    pool::{Checkout, Knob, Op, Pool, PoolError},
 };
 use poolstress_harness::{
     load::{LoadError, OpError, OpTimer, Phase},
@@ -95,6 +95,10 @@ fn op_error(e: PoolError) -> OpError {
     OpError::new(e.class(), e.to_string())
 }
 
+/// Offered every checkout after a successful op: returns it to release it,
+/// or keeps it (a leak).
+pub type Keep = Arc<dyn Fn(Checkout) -> Option<Checkout> + Send + Sync>;
+
 /// The load's op closure type.
 pub type LoadOp = Arc<dyn Fn(OpTimer) -> BoxFuture<'static, Result<OpTimer, OpError>> + Send + Sync>;
 
@@ -107,10 +111,10 @@ impl Ledger {
     /// The op: acquire, write `seq` to key `seq`, read it back on the same
     /// checkout (a different answer is a poisoned connection), all within
     /// `bound` (past it the op is dropped mid-flight: a cancellation).
-    pub fn op(self: &Arc<Self>, pool: &Pool, bound: Duration) -> LoadOp {
+    pub fn op(self: &Arc<Self>, pool: &Pool, bound: Duration, keep: Option<Keep>) -> LoadOp {
         let (pool, ledger) = (pool.clone(), self.clone());
         Arc::new(move |mut t: OpTimer| -> BoxFuture<'static, Result<OpTimer, OpError>> {
-            let (pool, ledger) = (pool.clone(), ledger.clone());
+            let (pool, ledger, keep) = (pool.clone(), ledger.clone(), keep.clone());
             Box::pin(async move {
                 let ticket = Ticket::new(ledger.clone());
                 let work = async {
@@ -128,6 +132,9 @@ impl Ledger {
                             s.push(msg.clone());
                         }
                         return Err(OpError::new(ErrorClass::Other, msg));
+                    }
+                    if let Some(keep) = &keep {
+                        drop(keep(c));
                     }
                     Ok::<OpTimer, OpError>(t)
                 };
@@ -298,8 +305,13 @@ pub struct LoadRun {
 
 /// Starts `phase` against the bed's pool with the checked write/read op.
 pub fn start_load(ctx: &TestCtx, bed: &Bed, phase: Phase, bound: Duration) -> LoadRun {
+    start_load_with(ctx, bed, phase, bound, None)
+}
+
+/// [`start_load`] with a hook that may keep (leak) checkouts.
+pub fn start_load_with(ctx: &TestCtx, bed: &Bed, phase: Phase, bound: Duration, keep: Option<Keep>) -> LoadRun {
     let ledger = Ledger::new();
-    let op = ledger.op(&bed.pool, bound);
+    let op = ledger.op(&bed.pool, bound, keep);
     let c = ctx.clone();
     let task = tokio::spawn(async move { phase.run(&c, move |t| op(t)).await });
     LoadRun { task, ledger, started: Instant::now() }
@@ -479,7 +491,7 @@ pub async fn server_side_bounded(bed: &Bed, max_seen: u64, killed: usize) -> any
 /// never saw more than max_size (plus lingering killed) connections.
 pub async fn after_fault(ctx: &TestCtx, bed: &Bed, max_seen: u64, killed: usize) -> anyhow::Result<()> {
     ctx.step("checking the same pool serves again");
-    let took = serves_again(bed, 5, Duration::from_secs(10)).await?;
+    let took = serves_again(bed, 5, ctx.profile().pick(Duration::from_secs(5), Duration::from_secs(30))).await?;
     ctx.record(Metric::lower("serves_again_ms", ms(took)));
     ctx.step("checking capacity and connections");
     capacity_intact(bed, bed.cfg.max_size, 1).await?;

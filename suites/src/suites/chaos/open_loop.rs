@@ -48,7 +48,7 @@ async fn under_schedule(ctx: &TestCtx, bed: &Bed, phase: Phase, schedule: Schedu
     let what = bed.what();
     let sampler = Sampler::start(bed.counter());
     let load = start_load(ctx, bed, phase, Duration::from_secs(2));
-    load.running(10, Duration::from_secs(10)).await?;
+    load.running(1, Duration::from_secs(10)).await?;
     let run = schedule.start(ctx, &bed.env)?;
     let records = run.finish().await?;
     let (stats, ledger) = load.finish(ctx, &what).await?;
@@ -90,7 +90,12 @@ pub async fn kills_at_500_ops(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let schedule = Schedule::new().at(dur / 3, Action::kill_connections(Victims::Fraction(0.6)));
     let (records, _) = under_schedule(&ctx, &bed, Phase::open("load", per_s, dur), schedule, 0).await?;
     let detail = records[0].detail.clone().unwrap_or_default();
-    ensure!(!detail.starts_with("killed 0 "), "{}: the kill at {per_s} ops/s found nothing to kill: {detail}", bed.what());
+    if rig.supports(Knob::Reuse) {
+        ensure!(!detail.starts_with("killed 0 "), "{}: the kill at {per_s} ops/s found nothing to kill: {detail}", bed.what());
+    } else {
+        // Connections live for one op: a kill may find none open.
+        ctx.note(format!("{}: {detail} (connections live for one operation)", bed.what()));
+    }
     Ok(())
 }
 

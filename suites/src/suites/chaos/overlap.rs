@@ -43,7 +43,7 @@ type = "restart"
 pub async fn overlapping_faults(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let max = ctx.profile().pick(4, 10);
     let schedule = Schedule::from_toml(OVERLAP)?;
-    let after = ctx.profile().pick(Duration::from_millis(1500), Duration::from_secs(10));
+    let after = ctx.profile().pick(Duration::from_millis(1000), Duration::from_secs(10));
     let cfg = rig.config(max, Some(Duration::from_secs(2)), Some(Duration::from_secs(2)), Some(Duration::from_secs(5)));
     let bed = rig.bed(&ctx, cfg).await?;
     let what = bed.what();
@@ -51,7 +51,7 @@ pub async fn overlapping_faults(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let sampler = Sampler::start(bed.counter());
     // Long enough for the schedule and a restart; the load is stopped by its
     // own limit, the schedule's end is awaited below.
-    let total = schedule.span() + Duration::from_secs(3) + after;
+    let total = schedule.span() + ctx.profile().pick(Duration::from_millis(1500), Duration::from_secs(5)) + after;
     let load = start_load(&ctx, &bed, Phase::closed("load", max, Limit::new(1_000_000, total)), Duration::from_secs(3));
     load.running(20, Duration::from_secs(10)).await?;
     let before = bed.server_count().await.unwrap_or(0);

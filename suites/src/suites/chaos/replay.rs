@@ -34,7 +34,9 @@ impl Child {
 
 async fn run_child(seed: u64) -> anyhow::Result<Child> {
     let dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe().context("finding the test binary")?;
+    // This very binary even if a build replaced the file meanwhile (/proc/self/exe survives that).
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    let exe = if proc_exe.exists() { proc_exe } else { std::env::current_exe().context("finding the test binary")? };
     let mut cmd = Command::new(exe);
     cmd.args(["--exact", CHILD_TEST, "--seed", &seed.to_string(), "--report-dir"])
         .arg(dir.path())
