@@ -12,7 +12,7 @@
 //! - `leak_detection`: a [`LeakDetector`] wrapper records where each
 //!   checkout was taken (`#[track_caller]`); a caller that never releases is
 //!   reported with its `file:line`.
-//! - `degrades_gracefully_under_sustained_load`: open loop 10 % over the
+//! - `degrades_gracefully_under_sustained_load`: open loop at 1.2x the
 //!   pool's measured capacity (30 s nightly, 3 s quick): ≥ 80 % succeed,
 //!   p99 < 8 s, the excess fails fast with `acquire_timeout` only.
 //! - `multi_service_isolation`: two pools ("services") on one server; A is
@@ -178,23 +178,32 @@ async fn saturation_detected(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Resu
     if waiters_known {
         ctx.step("two callers waiting");
         let mut waiting = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..2usize {
             let p = pool.clone();
-            waiting.push(tokio::spawn(async move { p.acquire().await.map(drop) }));
+            waiting.push(tokio::spawn(async move { p.acquire().await }));
         }
         wait_until(&format!("{name}: status to count 2 waiters"), Duration::from_secs(3), || async {
             Ok(pool.status().and_then(|s| s.waiters) == Some(2))
         })
         .await?;
         drop(held.pop());
-        let first = watchdog("a waiter to be served", Duration::from_secs(5), waiting.remove(0)).await??;
-        first.map_err(|e| anyhow!("{name}: a waiter failed after a release [{}]: {e}", e.class()))?;
+        // Whichever queued first is served first.
+        let (first, _, mut waiting) = watchdog("a waiter to be served", Duration::from_secs(5), futures::future::select_all(waiting)).await?;
+        let first = first?;
+        // The served waiter keeps its connection: one waiter is left.
+        let _served = first.map_err(|e| anyhow!("{name}: a waiter failed after a release [{}]: {e}", e.class()))?;
         wait_until(&format!("{name}: status to count 1 waiter after one was served"), Duration::from_secs(3), || async {
             Ok(pool.status().and_then(|s| s.waiters) == Some(1))
         })
         .await?;
         drop(held.pop());
-        watchdog("the second waiter", Duration::from_secs(5), waiting.remove(0)).await??.map_err(|e| anyhow!("{name}: second waiter failed: {e}"))?;
+        let _second = watchdog("the second waiter", Duration::from_secs(5), waiting.remove(0))
+            .await??
+            .map_err(|e| anyhow!("{name}: second waiter failed: {e}"))?;
+        wait_until(&format!("{name}: status to count no waiter once both were served"), Duration::from_secs(3), || async {
+            Ok(pool.status().and_then(|s| s.waiters) == Some(0))
+        })
+        .await?;
     } else {
         ctx.note(format!("{name} reports no waiter count: {}", a.capabilities().unsupported_reason(Knob::StatusWaiters).unwrap_or("")));
     }
@@ -450,6 +459,10 @@ async fn leak_detection(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()
 
 // ---------------------------------------------------------------- sustained overload
 
+/// Offered load over the measured capacity: the excess the pool must shed
+/// (at 1.2x, about 83 % can succeed once the queue is full).
+const OVERLOAD: f64 = 1.2;
+
 async fn degrades_gracefully(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
     let max = 4;
     let query = Duration::from_millis(20);
@@ -473,18 +486,18 @@ async fn degrades_gracefully(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Resu
     let cap = Phase::closed("capacity", max, Limit::new(1_000_000, Duration::from_millis(700))).run(&ctx, op.clone()).await?;
     ensure!(cap.errors.total() == 0, "{name}: {} errors at capacity: {}", cap.errors.total(), cap.summary());
     let capacity = cap.throughput_ops_s;
-    let offered = capacity * 1.1;
+    let offered = capacity * OVERLOAD;
     ctx.record(Metric::higher("capacity_ops_s", capacity));
 
-    ctx.step(format!("{offered:.0} ops/s (10 % over capacity) for {dur:?}"));
+    ctx.step(format!("{offered:.0} ops/s ({OVERLOAD}x capacity) for {dur:?}"));
     let stats = Phase::open("overload", offered, dur).in_flight(256).run(&ctx, op).await?;
     stats.record_into(&ctx, "overload");
     let success = stats.ok as f64 / stats.started.max(1) as f64;
     let p99 = stats.quantile(0.99);
     ctx.record(Metric::higher("success_pct", success * 100.0));
     ensure!(stats.started == stats.ok + stats.errors.total() + stats.cancelled, "{name}: ops unaccounted for: {}", stats.summary());
-    ensure!(success >= 0.8, "{name}: {:.1} % of ops succeeded at 10 % overload (budget >= 80 %): {}", success * 100.0, stats.summary());
-    ensure!(p99 < Duration::from_secs(8), "{name}: p99 {p99:?} at 10 % overload (budget < 8 s)");
+    ensure!(success >= 0.8, "{name}: {:.1} % of ops succeeded at {OVERLOAD}x capacity (budget >= 80 %): {}", success * 100.0, stats.summary());
+    ensure!(p99 < Duration::from_secs(8), "{name}: p99 {p99:?} at {OVERLOAD}x capacity (budget < 8 s)");
     let other: Vec<_> = stats.errors.nonzero().filter(|(c, _)| *c != ErrorClass::AcquireTimeout).collect();
     ensure!(other.is_empty(), "{name}: the excess failed with {other:?}, not only acquire_timeout (fast, clear failure)");
     pool_serves_again(&pool, &name, Duration::from_secs(5), 5, Duration::from_secs(10)).await?;
