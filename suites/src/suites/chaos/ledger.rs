@@ -20,7 +20,7 @@ use poolstress_fixtures::{
     pool::{Checkout, Knob, Op, Pool, PoolError},
 };
 use poolstress_harness::{
-    load::{LoadError, OpError, OpTimer, Phase},
+    load::{Limit, LoadError, OpError, OpTimer, Phase},
     metrics::PhaseStats,
     Classify, ErrorClass, Metric, TestCtx,
 };
@@ -29,6 +29,33 @@ use super::bed::Bed;
 
 /// Keys the load writes start here (the capacity check uses its own range).
 const LOAD_KEYS: u64 = 1_000_000;
+/// The load generator's counts, of one phase or summed over several.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Ops started.
+    pub started: u64,
+    /// Succeeded.
+    pub ok: u64,
+    /// Failed.
+    pub errors: u64,
+    /// Dropped at the hard stop.
+    pub cancelled: u64,
+}
+
+impl Counts {
+    /// The counts of one phase.
+    pub fn of(s: &PhaseStats) -> Self {
+        Counts { started: s.started, ok: s.ok, errors: s.errors.total(), cancelled: s.cancelled }
+    }
+
+    fn add(&mut self, o: Counts) {
+        self.started += o.started;
+        self.ok += o.ok;
+        self.errors += o.errors;
+        self.cancelled += o.cancelled;
+    }
+}
+
 /// How long an op waits after failing before it returns.
 const ERROR_BACKOFF: Duration = Duration::from_millis(5);
 /// Keys of the capacity / poison check.
@@ -171,6 +198,11 @@ impl Ledger {
     /// Hard: the load generator and the ops agree on every count, and
     /// `started == ok + errors + cancelled` (no op lost or counted twice).
     pub fn check_accounted(&self, what: &str, s: &PhaseStats) -> anyhow::Result<()> {
+        self.check_counts(what, Counts::of(s))
+    }
+
+    /// [`Ledger::check_accounted`] against counts summed over several phases.
+    pub fn check_counts(&self, what: &str, s: Counts) -> anyhow::Result<()> {
         let (started, ok, failed, cancelled) = (
             self.started.load(Ordering::Relaxed),
             self.ok.load(Ordering::Relaxed),
@@ -178,20 +210,20 @@ impl Ledger {
             self.cancelled.load(Ordering::Relaxed),
         );
         ensure!(
-            s.started == s.ok + s.errors.total() + s.cancelled,
+            s.started == s.ok + s.errors + s.cancelled,
             "{what}: the load generator counted {} started but {} ok + {} errors + {} cancelled",
             s.started,
             s.ok,
-            s.errors.total(),
+            s.errors,
             s.cancelled
         );
         ensure!(
-            (started, ok, failed, cancelled) == (s.started, s.ok, s.errors.total(), s.cancelled),
+            (started, ok, failed, cancelled) == (s.started, s.ok, s.errors, s.cancelled),
             "{what}: ops counted themselves {started} started / {ok} ok / {failed} failed / {cancelled} cancelled, \
              the load generator {} / {} / {} / {}: an op was lost or counted twice",
             s.started,
             s.ok,
-            s.errors.total(),
+            s.errors,
             s.cancelled
         );
         ensure!(started == ok + failed + cancelled, "{what}: {started} ops started, {ok} + {failed} + {cancelled} ended");
@@ -317,18 +349,23 @@ pub fn start_load_with(ctx: &TestCtx, bed: &Bed, phase: Phase, bound: Duration, 
     LoadRun { task, ledger, started: Instant::now() }
 }
 
+/// Waits until `n` ops have succeeded (the load is really running).
+async fn wait_running(ledger: &Ledger, ended: impl Fn() -> bool, n: u64, within: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + within;
+    while ledger.ok() < n {
+        ensure!(!ended(), "the load ended before {n} operations succeeded");
+        if Instant::now() >= end {
+            bail!("only {} operations succeeded within {within:?} before the fault (wanted {n})", ledger.ok());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 impl LoadRun {
     /// Waits until `n` ops have succeeded (the load is really running).
     pub async fn running(&self, n: u64, within: Duration) -> anyhow::Result<()> {
-        let end = Instant::now() + within;
-        while self.ledger.ok() < n {
-            ensure!(!self.task.is_finished(), "the load ended before {n} operations succeeded");
-            if Instant::now() >= end {
-                bail!("only {} operations succeeded within {within:?} before the fault (wanted {n})", self.ledger.ok());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
+        wait_running(&self.ledger, || self.task.is_finished(), n, within).await
     }
 
     /// Waits for the phase to end; records `load.*` metrics and the timeline.
@@ -338,6 +375,55 @@ impl LoadRun {
         self.ledger.check_accounted(what, &stats)?;
         self.ledger.check_not_poisoned(what)?;
         Ok((stats, self.ledger))
+    }
+}
+
+/// A closed-loop load in back-to-back phases of `chunk` that runs until
+/// stopped (for faults whose length is not known in advance, like a restart).
+pub struct ChunkedRun {
+    task: tokio::task::JoinHandle<Result<Counts, LoadError>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// What its ops did.
+    pub ledger: Arc<Ledger>,
+}
+
+/// Starts a [`ChunkedRun`] of `workers` against the bed's pool.
+pub fn start_chunked(ctx: &TestCtx, bed: &Bed, workers: usize, chunk: Duration, bound: Duration) -> ChunkedRun {
+    let ledger = Ledger::new();
+    let op = ledger.op(&bed.pool, bound, None);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, s) = (ctx.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let mut total = Counts::default();
+        let mut i = 0;
+        while !s.load(Ordering::Relaxed) {
+            let op = op.clone();
+            let stats = Phase::closed(format!("load_{i}"), workers, Limit::new(1_000_000, chunk)).run(&c, move |t| op(t)).await?;
+            total.add(Counts::of(&stats));
+            i += 1;
+        }
+        Ok(total)
+    });
+    ChunkedRun { task, stop, ledger }
+}
+
+impl ChunkedRun {
+    /// Waits until `n` ops have succeeded.
+    pub async fn running(&self, n: u64, within: Duration) -> anyhow::Result<()> {
+        wait_running(&self.ledger, || self.task.is_finished(), n, within).await
+    }
+
+    /// Stops after the current chunk; checks the accounting and records
+    /// `load.ok`, `load.errors.total`, `load.cancelled`.
+    pub async fn finish(self, ctx: &TestCtx, what: &str) -> anyhow::Result<Arc<Ledger>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let counts = self.task.await.map_err(|e| anyhow!("the load task failed: {e}"))??;
+        ctx.record(Metric::higher("load.ok", counts.ok as f64));
+        ctx.record(Metric::lower("load.errors.total", counts.errors as f64));
+        ctx.record(Metric::lower("load.cancelled", counts.cancelled as f64));
+        self.ledger.check_counts(what, counts)?;
+        self.ledger.check_not_poisoned(what)?;
+        Ok(self.ledger)
     }
 }
 
