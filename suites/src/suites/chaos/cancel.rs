@@ -49,7 +49,6 @@ pub async fn cancel_holding(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let what = bed.what();
 
     ctx.step(format!("{max} workers, each holding a checkout through a {query:?} query"));
-    let sampler = Sampler::start(bed.counter());
     let killer = TaskKiller::new(ctx.seed());
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -79,6 +78,7 @@ pub async fn cancel_holding(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
         Ok(killer.holding() == max)
     })
     .await?;
+    let sampler = Sampler::start(bed.counter());
 
     ctx.step("aborting 60 % of the workers mid-query");
     let schedule = Schedule::new().at(Duration::ZERO, Action::kill_workers(Victims::Fraction(CANCEL_FRACTION)));

@@ -77,7 +77,6 @@ pub async fn gradual_exhaustion(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let what = bed.what();
     note_plan(&ctx, &[format!("from the load's start, every {step:?}: one more checkout kept by the load until all {max} are; hold {exhausted:?}; release")]);
 
-    let sampler = Sampler::start(bed.counter());
     let leaker = Arc::new(Leaker {
         max,
         step,
@@ -90,6 +89,8 @@ pub async fn gradual_exhaustion(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let total = step * (max as u32 + 2) + exhausted + after + Duration::from_millis(500);
     let load = start_load_with(&ctx, &bed, Phase::closed("load", max, Limit::new(1_000_000, total)), Duration::from_secs(2), Some(keep));
     let start = Instant::now();
+    load.running(5, Duration::from_secs(10)).await?;
+    let sampler = Sampler::start(bed.counter());
     ctx.step("leaking one checkout per step");
     wait_until(&format!("{what}: all {max} checkouts leaked"), step * (max as u32 + 2) + Duration::from_secs(5), || async {
         Ok(leaker.kept() == max)

@@ -46,9 +46,9 @@ fn config(rig: &Rig, ctx: &TestCtx) -> poolstress_fixtures::pool::PoolConfig {
 /// `judge` (an index into the schedule's steps).
 async fn under_schedule(ctx: &TestCtx, bed: &Bed, phase: Phase, schedule: Schedule, judge: usize) -> anyhow::Result<(Vec<StepRecord>, std::sync::Arc<Ledger>)> {
     let what = bed.what();
-    let sampler = Sampler::start(bed.counter());
     let load = start_load(ctx, bed, phase, Duration::from_secs(2));
     load.running(1, Duration::from_secs(10)).await?;
+    let sampler = Sampler::start(bed.counter());
     let run = schedule.start(ctx, &bed.env)?;
     let records = run.finish().await?;
     let (stats, ledger) = load.finish(ctx, &what).await?;

@@ -45,10 +45,10 @@ pub async fn overlapping_faults(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let bed = rig.bed(&ctx, cfg).await?;
     let what = bed.what();
 
-    let sampler = Sampler::start(bed.counter());
     // The load runs until `after` past the restart, however long it takes.
     let load = start_chunked(&ctx, &bed, max, Duration::from_millis(250), Duration::from_secs(3));
     load.running(20, Duration::from_secs(10)).await?;
+    let sampler = Sampler::start(bed.counter());
     let before = bed.server_count().await.unwrap_or(0);
 
     ctx.step("running the overlapping faults");

@@ -9,21 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use poolstress_fixtures::{fault::FaultWindow, pool::Knob};
-use poolstress_harness::{
-    load::{Limit, Phase},
-    TestCtx,
-};
+use poolstress_harness::TestCtx;
 
 use super::{
     bed::{Rig, Sampler},
-    ledger::{after_fault, note_plan, size_probe, start_load},
+    ledger::{after_fault, note_plan, size_probe, start_chunked},
 };
 
 /// The scenario body.
 pub async fn partition_then_heal(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let max = ctx.profile().pick(4, 10);
     let part = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(5));
-    let after = ctx.profile().pick(Duration::from_millis(900), Duration::from_secs(10));
+    let after = ctx.profile().pick(Duration::from_millis(700), Duration::from_secs(10));
     // A connection per op (no reuse) needs more time per op on a busy machine.
     let bound = ctx.profile().pick(Duration::from_millis(300), Duration::from_secs(1)) * if rig.supports(Knob::Reuse) { 1 } else { 3 };
     let lead = Duration::from_millis(200);
@@ -32,9 +29,10 @@ pub async fn partition_then_heal(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let what = bed.what();
     note_plan(&ctx, &[format!("after the load is running, for {part:?}: partition ({})", partition_kind(&rig))]);
 
-    let sampler = Sampler::start(bed.counter());
-    let load = start_load(&ctx, &bed, Phase::closed("load", max, Limit::new(1_000_000, lead * 2 + part + after)), bound);
+    let load = start_chunked(&ctx, &bed, max, Duration::from_millis(250), bound);
     load.running(20, Duration::from_secs(10)).await?;
+    let sampler = Sampler::start(bed.counter());
+    tokio::time::sleep(lead).await; // a point on the load's timeline
     let before = bed.server_count().await.unwrap_or(0);
 
     ctx.step(format!("partitioned for {part:?}"));
@@ -45,9 +43,12 @@ pub async fn partition_then_heal(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     p.heal()?;
     let heal_at = Instant::now();
     ctx.event("chaos: partition healed");
+    // Ops caught by the partition end by their bound; then watch `after`.
+    let after = bound + after;
     let probe = size_probe(&bed, before.min(max as u64), heal_at, after);
+    tokio::time::sleep_until((heal_at + after).into()).await; // the observation window after the heal
 
-    let (_stats, ledger) = load.finish(&ctx, &what).await?;
+    let ledger = load.finish(&ctx, &what).await?;
     let max_seen = sampler.finish().await;
     let mut rec = ledger.recovery(FaultWindow::new(fault_at, heal_at).until(Instant::now()));
     rec.back_to_size = probe.await.ok().flatten();
