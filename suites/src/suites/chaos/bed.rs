@@ -134,7 +134,13 @@ impl Rig {
 
     /// A config of `max` with only the knobs the adapter supports among
     /// those asked for (a knob it lacks is left at the pool's default).
-    pub fn config(&self, max: usize, acquire: Option<Duration>, connect: Option<Duration>, op: Option<Duration>) -> PoolConfig {
+    pub fn config(
+        &self,
+        max: usize,
+        acquire: Option<Duration>,
+        connect: Option<Duration>,
+        op: Option<Duration>,
+    ) -> PoolConfig {
         let mut cfg = PoolConfig::new(max);
         if let (Some(d), true) = (acquire, self.supports(Knob::AcquireTimeout)) {
             cfg = cfg.acquire_timeout(d);
@@ -233,7 +239,11 @@ impl Bed {
         for p in server.pools() {
             p.set_op_latency(MOCK_QUERY);
         }
-        ctx.note(format!("{} ({}) with {cfg:?} at layer_1 (mock server, {MOCK_QUERY:?} per query)", a.name(), a.version()));
+        ctx.note(format!(
+            "{} ({}) with {cfg:?} at layer_1 (mock server, {MOCK_QUERY:?} per query)",
+            a.name(),
+            a.version()
+        ));
         Ok(Bed {
             layer: Layer::L1,
             pool,
@@ -253,7 +263,12 @@ impl Bed {
         let (server, target) = S::start(ctx)?;
         let (proxy, via) = S::proxied(ctx, &target).await?;
         let pool = a.build(cfg, &via).await.with_context(|| format!("building {} against the stand-in", a.name()))?;
-        ctx.note(format!("{} ({}) with {cfg:?} at layer_2 ({} stand-in through the fault proxy)", a.name(), a.version(), S::NAME));
+        ctx.note(format!(
+            "{} ({}) with {cfg:?} at layer_2 ({} stand-in through the fault proxy)",
+            a.name(),
+            a.version(),
+            S::NAME
+        ));
         let server = Arc::new(server);
         let counter: Arc<dyn ConnectionCounter> = match &*server {
             Standin::Pg(s) => Arc::new(s.counter()),
@@ -278,7 +293,12 @@ impl Bed {
         let real = S::real(ctx).await?;
         let (proxy, via) = S::proxied(ctx, &real.target).await?;
         let pool = a.build(cfg, &via).await.with_context(|| format!("building {} ({})", a.name(), a.version()))?;
-        ctx.note(format!("{} ({}) with {cfg:?} at layer_3 (real {} through the fault proxy)", a.name(), a.version(), S::NAME));
+        ctx.note(format!(
+            "{} ({}) with {cfg:?} at layer_3 (real {} through the fault proxy)",
+            a.name(),
+            a.version(),
+            S::NAME
+        ));
         let env = real.env.clone().proxy(&proxy).server(ctx, real.server.clone());
         Ok(Bed {
             layer: Layer::L3,
@@ -357,7 +377,9 @@ impl Bed {
                 }
                 Ok(Partition { mock: pools, guard: None })
             }
-            (_, Some(p)) => Ok(Partition { mock: Vec::new(), guard: Some(p.add(FaultSpec::new(FaultKind::blackhole()).both())?) }),
+            (_, Some(p)) => {
+                Ok(Partition { mock: Vec::new(), guard: Some(p.add(FaultSpec::new(FaultKind::blackhole()).both())?) })
+            }
             (_, None) => anyhow::bail!("no proxy to partition with"),
         }
     }

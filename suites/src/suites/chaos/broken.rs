@@ -19,8 +19,8 @@ use std::sync::Arc;
 use anyhow::{bail, ensure};
 use futures::future::BoxFuture;
 use poolstress_fixtures::pool::{
-    self, Adapter, Capabilities, Checkout, Connection, Op, OpOutput, PoolAdapter, PoolConfig, PoolError, PoolStatus, PoolUnderTest,
-    Service,
+    self, Adapter, Capabilities, Checkout, Connection, Op, OpOutput, PoolAdapter, PoolConfig, PoolError, PoolStatus,
+    PoolUnderTest, Service,
 };
 use poolstress_harness::{tag, Registry, TestCtx};
 
@@ -82,7 +82,11 @@ impl<S: Service> PoolAdapter for Broken<S> {
         format!("deliberately broken wrapper over {}", self.inner.version())
     }
 
-    fn build<'a>(&'a self, config: &'a PoolConfig, target: &'a S::Target) -> BoxFuture<'a, Result<Box<dyn PoolUnderTest>, pool::BuildError>> {
+    fn build<'a>(
+        &'a self,
+        config: &'a PoolConfig,
+        target: &'a S::Target,
+    ) -> BoxFuture<'a, Result<Box<dyn PoolUnderTest>, pool::BuildError>> {
         Box::pin(async move {
             let inner = self.inner.build(config, target).await?;
             Ok(match self.how {
@@ -193,14 +197,19 @@ pub fn register(r: &mut Registry) {
             })
             .exclusive(false);
             if raw {
-                r.test(format!("chaos::broken::raw::{name}[{inner}]"), &tags, move |ctx| body(ctx, rig.clone())).exclusive(false);
+                r.test(format!("chaos::broken::raw::{name}[{inner}]"), &tags, move |ctx| body(ctx, rig.clone()))
+                    .exclusive(false);
             }
         }
     }
 }
 
 fn standin_pair<S: ChaosService>(a: Adapter<S>, service: &'static str) -> (Rig, Rig, Vec<&'static str>) {
-    (Rig::standin(LosesCapacity::wrap(a.clone())), Rig::standin(NeverReconnects::wrap(a)), vec![tag::CHAOS, tag::LAYER_2, service])
+    (
+        Rig::standin(LosesCapacity::wrap(a.clone())),
+        Rig::standin(NeverReconnects::wrap(a)),
+        vec![tag::CHAOS, tag::LAYER_2, service],
+    )
 }
 
 /// `loses-capacity-on-cancel(mock)` → `mock`.
@@ -213,11 +222,16 @@ fn inner_name(wrapped: &str) -> String {
 async fn must_fail(ctx: TestCtx, rig: Rig, body: Body, must: &str) -> anyhow::Result<()> {
     let adapter = rig.adapter.clone();
     match body(ctx.clone(), rig).await {
-        Ok(()) => bail!("the chaos scenario passed against {adapter}, a deliberately broken adapter: it cannot catch this bug"),
+        Ok(()) => bail!(
+            "the chaos scenario passed against {adapter}, a deliberately broken adapter: it cannot catch this bug"
+        ),
         Err(e) => {
             let msg = format!("{e:#}");
             ctx.note(format!("caught as expected: {msg}"));
-            ensure!(msg.contains(must), "the scenario failed against {adapter}, but its message does not name \"{must}\": {msg}");
+            ensure!(
+                msg.contains(must),
+                "the scenario failed against {adapter}, but its message does not name \"{must}\": {msg}"
+            );
             Ok(())
         }
     }

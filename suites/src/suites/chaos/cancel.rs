@@ -66,7 +66,9 @@ pub async fn cancel_holding(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
                 c.run(&Op::Write { key, value: value.clone() }).await.map_err(Stop::Failed)?;
                 let got = c.run(&Op::Read { key }).await.map_err(Stop::Failed)?;
                 if got.value() != Some(value.as_str()) {
-                    return Err(Stop::Poisoned(format!("worker {w} wrote {value:?} to key {key} and read back {got:?}")));
+                    return Err(Stop::Poisoned(format!(
+                        "worker {w} wrote {value:?} to key {key} and read back {got:?}"
+                    )));
                 }
                 i += 1;
                 done.fetch_add(1, Ordering::Relaxed);
@@ -90,9 +92,14 @@ pub async fn cancel_holding(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
 
     ctx.step("the survivors keep working on the pool's connections");
     let survivors = max - want;
-    wait_until(&format!("{what}: survivors to finish 2 more operations each after the cancellation"), Duration::from_secs(15), || async {
-        Ok(done.load(Ordering::Relaxed) >= after_kill + 2 * survivors as u64 || workers.iter().all(|h| h.is_finished()))
-    })
+    wait_until(
+        &format!("{what}: survivors to finish 2 more operations each after the cancellation"),
+        Duration::from_secs(15),
+        || async {
+            Ok(done.load(Ordering::Relaxed) >= after_kill + 2 * survivors as u64
+                || workers.iter().all(|h| h.is_finished()))
+        },
+    )
     .await?;
     stop.store(true, Ordering::Relaxed);
     let mut victims = Vec::new();
@@ -123,7 +130,9 @@ pub async fn cancel_holding(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     ctx.record(Metric::higher("survivor_ops", ops as f64));
 
     let max_seen = sampler.finish().await;
-    after_fault(&ctx, &bed, max_seen, 0).await.map_err(|e| anyhow!("{e:#} (after {} of {max} workers were aborted mid-query)", victims.len()))?;
+    after_fault(&ctx, &bed, max_seen, 0)
+        .await
+        .map_err(|e| anyhow!("{e:#} (after {} of {max} workers were aborted mid-query)", victims.len()))?;
     ctx.record(Metric::lower("fault_to_serving_ms", (serve_again_from - fault_at).as_secs_f64() * 1e3));
     Ok(())
 }

@@ -24,12 +24,19 @@ pub const KILL_FRACTION: f64 = 0.6;
 pub async fn kill_60pct_workers(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let max = ctx.profile().pick(4, 10);
     let lead = ctx.profile().pick(Duration::from_millis(300), Duration::from_secs(2));
-    let after = ctx.profile().pick(Duration::from_millis(1000), Duration::from_secs(8));
+    let after = ctx.profile().pick(Duration::from_millis(700), Duration::from_secs(8));
     let bound = Duration::from_secs(2);
     let cfg = rig.config(max, Some(Duration::from_secs(2)), Some(Duration::from_secs(2)), Some(Duration::from_secs(5)));
     let bed = rig.bed(&ctx, cfg).await?;
     let what = bed.what();
-    note_plan(&ctx, &[format!("after the load is running: kill {:.0}% of the test's server connections ({})", KILL_FRACTION * 100.0, bed.layer)]);
+    note_plan(
+        &ctx,
+        &[format!(
+            "after the load is running: kill {:.0}% of the test's server connections ({})",
+            KILL_FRACTION * 100.0,
+            bed.layer
+        )],
+    );
 
     ctx.step(format!("closed-loop load, {max} workers"));
     let load = start_chunked(&ctx, &bed, max, Duration::from_millis(250), bound);
@@ -66,10 +73,20 @@ pub async fn kill_60pct_workers(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     rec.record(&ctx, "kill_");
     ctx.record(Metric::lower("killed", killed.killed as f64));
 
-    ensure!(killed.seen > 0 && killed.killed > 0, "{what}: the kill found {} of the test's connections and killed {}: the fault did not apply", killed.seen, killed.killed);
+    ensure!(
+        killed.seen > 0 && killed.killed > 0,
+        "{what}: the kill found {} of the test's connections and killed {}: the fault did not apply",
+        killed.seen,
+        killed.killed
+    );
     if killed.chosen && rig.supports(Knob::Reuse) {
         let want = Victims::Fraction(KILL_FRACTION).of(killed.seen);
-        ensure!(killed.killed == want, "{what}: killed {} of {} connections, wanted {want} (60 %)", killed.killed, killed.seen);
+        ensure!(
+            killed.killed == want,
+            "{what}: killed {} of {} connections, wanted {want} (60 %)",
+            killed.killed,
+            killed.seen
+        );
     }
     after_fault(&ctx, &bed, max_seen, killed.killed).await?;
     rec.check_recovered(&what)?;

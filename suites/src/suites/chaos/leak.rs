@@ -80,21 +80,34 @@ pub async fn gradual_exhaustion(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let leaker = Arc::new(Leaker {
         max,
         step,
-        state: Mutex::new(LeakState { kept: Vec::new(), next_at: Instant::now() + step, at: Vec::new(), released: false }),
+        state: Mutex::new(LeakState {
+            kept: Vec::new(),
+            next_at: Instant::now() + step,
+            at: Vec::new(),
+            released: false,
+        }),
     });
     let keep: Keep = {
         let l = leaker.clone();
         Arc::new(move |c| l.offer(c))
     };
     let total = step * (max as u32 + 2) + exhausted + after + Duration::from_millis(500);
-    let load = start_load_with(&ctx, &bed, Phase::closed("load", max, Limit::new(1_000_000, total)), Duration::from_secs(2), Some(keep));
+    let load = start_load_with(
+        &ctx,
+        &bed,
+        Phase::closed("load", max, Limit::new(1_000_000, total)),
+        Duration::from_secs(2),
+        Some(keep),
+    );
     let start = Instant::now();
     load.running(5, Duration::from_secs(10)).await?;
     let sampler = Sampler::start(bed.counter());
     ctx.step("leaking one checkout per step");
-    wait_until(&format!("{what}: all {max} checkouts leaked"), step * (max as u32 + 2) + Duration::from_secs(5), || async {
-        Ok(leaker.kept() == max)
-    })
+    wait_until(
+        &format!("{what}: all {max} checkouts leaked"),
+        step * (max as u32 + 2) + Duration::from_secs(5),
+        || async { Ok(leaker.kept() == max) },
+    )
     .await?;
     let fault_at = Instant::now();
     ctx.event(format!("chaos: all {max} checkouts leaked"));
@@ -130,8 +143,15 @@ pub async fn gradual_exhaustion(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
          the pool handed out more than max_size"
     );
     let other: Vec<_> = during.iter().filter(|c| **c != ErrorClass::AcquireTimeout).collect();
-    ensure!(other.is_empty(), "{what}: while exhausted, {} ops failed with something else than acquire_timeout: {other:?}", other.len());
-    after_fault(&ctx, &bed, max_seen, 0).await?;
+    ensure!(
+        other.is_empty(),
+        "{what}: while exhausted, {} ops failed with something else than acquire_timeout: {other:?}",
+        other.len()
+    );
+    // A pool may discard a connection whose check timed out under the short
+    // acquire timeout (deadpool applies it to recycling too) and open another
+    // before the server has seen the old one go: allow one such straggler.
+    after_fault(&ctx, &bed, max_seen, 1).await?;
     rec.check_recovered(&what)?;
     Ok(())
 }

@@ -167,7 +167,9 @@ impl Ledger {
                 };
                 let r = match tokio::time::timeout(bound, work).await {
                     Ok(r) => r,
-                    Err(_) => Err(OpError::new(ErrorClass::OpTimeout, format!("no answer within the op bound of {bound:?}"))),
+                    Err(_) => {
+                        Err(OpError::new(ErrorClass::OpTimeout, format!("no answer within the op bound of {bound:?}")))
+                    }
                 };
                 ticket.finish(r.as_ref().err().map(|e| e.class));
                 if r.is_err() {
@@ -226,14 +228,21 @@ impl Ledger {
             s.errors,
             s.cancelled
         );
-        ensure!(started == ok + failed + cancelled, "{what}: {started} ops started, {ok} + {failed} + {cancelled} ended");
+        ensure!(
+            started == ok + failed + cancelled,
+            "{what}: {started} ops started, {ok} + {failed} + {cancelled} ended"
+        );
         Ok(())
     }
 
     /// Hard: no op read back something other than what it wrote.
     pub fn check_not_poisoned(&self, what: &str) -> anyhow::Result<()> {
         let n = self.wrong.load(Ordering::Relaxed);
-        ensure!(n == 0, "{what}: {n} ops got another op's answer (poisoned connection): {}", self.wrong_samples.lock().join("; "));
+        ensure!(
+            n == 0,
+            "{what}: {n} ops got another op's answer (poisoned connection): {}",
+            self.wrong_samples.lock().join("; ")
+        );
         Ok(())
     }
 
@@ -243,25 +252,27 @@ impl Ledger {
         let samples: Vec<Sample> = obs.iter().map(|o| Sample::new(o.at, o.class.is_none())).collect();
         let recovery = analyse(&samples, &w);
         let p99 = |from: Instant, to: Option<Instant>| {
-            let mut v: Vec<Duration> =
-                obs.iter().filter(|o| o.class.is_none() && o.at >= from && to.is_none_or(|t| o.at < t)).map(|o| o.latency).collect();
+            let mut v: Vec<Duration> = obs
+                .iter()
+                .filter(|o| o.class.is_none() && o.at >= from && to.is_none_or(|t| o.at < t))
+                .map(|o| o.latency)
+                .collect();
             v.sort();
             (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * 0.99).round() as usize])
         };
         Recovered {
             latency_during_p99: p99(w.fault_at, Some(w.heal_at)),
             latency_after_p99: p99(w.heal_at, w.until),
-            errors_after_by_class: obs
-                .iter()
-                .filter(|o| o.at >= w.heal_at)
-                .filter_map(|o| o.class)
-                .fold(Vec::new(), |mut acc: Vec<(ErrorClass, u64)>, c| {
+            errors_after_by_class: obs.iter().filter(|o| o.at >= w.heal_at).filter_map(|o| o.class).fold(
+                Vec::new(),
+                |mut acc: Vec<(ErrorClass, u64)>, c| {
                     match acc.iter_mut().find(|(k, _)| *k == c) {
                         Some(e) => e.1 += 1,
                         None => acc.push((c, 1)),
                     }
                     acc
-                }),
+                },
+            ),
             back_to_size: None,
             recovery,
         }
@@ -308,14 +319,20 @@ impl Recovered {
         }
         match self.back_to_size {
             Some(d) => ctx.record(Metric::lower(format!("{prefix}back_to_size_ms"), ms(d))),
-            None => ctx.note(format!("{prefix}: the server-side connection count was not seen back at its pre-fault size")),
+            None => {
+                ctx.note(format!("{prefix}: the server-side connection count was not seen back at its pre-fault size"))
+            }
         }
     }
 
     /// Hard: something succeeded after the heal and the error rate went
     /// back under 1 % before the load ended.
     pub fn check_recovered(&self, what: &str) -> anyhow::Result<()> {
-        ensure!(self.recovery.first_success_after_heal.is_some(), "{what}: no operation succeeded after the fault ended: {:?}", self.recovery);
+        ensure!(
+            self.recovery.first_success_after_heal.is_some(),
+            "{what}: no operation succeeded after the fault ended: {:?}",
+            self.recovery
+        );
         ensure!(
             self.recovery.error_rate_recovered_after.is_some(),
             "{what}: the error rate never went back under 1 % after the fault (errors after it by class: {:?}): {:?}",
@@ -398,7 +415,9 @@ pub fn start_chunked(ctx: &TestCtx, bed: &Bed, workers: usize, chunk: Duration, 
         let mut i = 0;
         while !s.load(Ordering::Relaxed) {
             let op = op.clone();
-            let stats = Phase::closed(format!("load_{i}"), workers, Limit::new(1_000_000, chunk)).run(&c, move |t| op(t)).await?;
+            let stats = Phase::closed(format!("load_{i}"), workers, Limit::new(1_000_000, chunk))
+                .run(&c, move |t| op(t))
+                .await?;
             total.add(Counts::of(&stats));
             i += 1;
         }
@@ -462,7 +481,13 @@ pub async fn serves_again(bed: &Bed, n: usize, within: Duration) -> anyhow::Resu
 }
 
 /// [`serves_again`] for any pool; `bound` limits one ping.
-pub async fn pool_serves_again(pool: &Pool, what: &str, bound: Duration, n: usize, within: Duration) -> anyhow::Result<Duration> {
+pub async fn pool_serves_again(
+    pool: &Pool,
+    what: &str,
+    bound: Duration,
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let mut streak = 0;
     let mut failures: Vec<String> = Vec::new();
@@ -500,7 +525,13 @@ pub async fn capacity_intact(bed: &Bed, cap: usize, tag: u64) -> anyhow::Result<
 }
 
 /// [`capacity_intact`] for any pool; `bound` limits one acquire.
-pub async fn pool_capacity_intact(pool: &Pool, what: &str, bound: Duration, cap: usize, tag: u64) -> anyhow::Result<()> {
+pub async fn pool_capacity_intact(
+    pool: &Pool,
+    what: &str,
+    bound: Duration,
+    cap: usize,
+    tag: u64,
+) -> anyhow::Result<()> {
     let mut dead = 0;
     for round in 0..2u64 {
         let mut held = Vec::with_capacity(cap);
@@ -531,7 +562,9 @@ pub async fn pool_capacity_intact(pool: &Pool, what: &str, bound: Duration, cap:
             .await;
             match r {
                 Ok(got) if got.value() == Some(want.as_str()) => {}
-                Ok(got) => bail!("{what}: poisoned connection: checkout {i} of {cap} read {got:?} right after writing {want:?}"),
+                Ok(got) => bail!(
+                    "{what}: poisoned connection: checkout {i} of {cap} read {got:?} right after writing {want:?}"
+                ),
                 Err(e) if round == 0 && e.class() == ErrorClass::ConnectionBroken => dead += 1,
                 Err(e) => bail!(
                     "{what}: poisoned connection: checkout {i} of {cap} failed a write/read after the fault \
@@ -567,7 +600,11 @@ pub async fn server_side_bounded(bed: &Bed, max_seen: u64, killed: usize) -> any
         if n <= max {
             return Ok(());
         }
-        ensure!(Instant::now() < end, "{}: the server still sees {n} of the test's connections 5 s after the checks (max_size {max}): leaked", bed.what());
+        ensure!(
+            Instant::now() < end,
+            "{}: the server still sees {n} of the test's connections 5 s after the checks (max_size {max}): leaked",
+            bed.what()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -577,7 +614,7 @@ pub async fn server_side_bounded(bed: &Bed, max_seen: u64, killed: usize) -> any
 /// never saw more than max_size (plus lingering killed) connections.
 pub async fn after_fault(ctx: &TestCtx, bed: &Bed, max_seen: u64, killed: usize) -> anyhow::Result<()> {
     ctx.step("checking the same pool serves again");
-    let took = serves_again(bed, 5, ctx.profile().pick(Duration::from_secs(5), Duration::from_secs(30))).await?;
+    let took = serves_again(bed, 5, ctx.profile().pick(Duration::from_secs(3), Duration::from_secs(30))).await?;
     ctx.record(Metric::lower("serves_again_ms", ms(took)));
     ctx.step("checking capacity and connections");
     capacity_intact(bed, bed.cfg.max_size, 1).await?;

@@ -71,8 +71,20 @@ const ALL: &[Layer] = &[Layer::L1, Layer::L2, Layer::L3];
 
 fn scenarios() -> Vec<Scenario> {
     vec![
-        Scenario { name: "kill_60pct_workers", layers: ALL, needs: &[], exclusive: false, body: |c, r| Box::pin(kills::kill_60pct_workers(c, r)) },
-        Scenario { name: "cancel_holding", layers: ALL, needs: &[], exclusive: false, body: |c, r| Box::pin(cancel::cancel_holding(c, r)) },
+        Scenario {
+            name: "kill_60pct_workers",
+            layers: ALL,
+            needs: &[],
+            exclusive: false,
+            body: |c, r| Box::pin(kills::kill_60pct_workers(c, r)),
+        },
+        Scenario {
+            name: "cancel_holding",
+            layers: ALL,
+            needs: &[],
+            exclusive: false,
+            body: |c, r| Box::pin(cancel::cancel_holding(c, r)),
+        },
         Scenario {
             name: "partition_then_heal",
             layers: ALL,

@@ -44,7 +44,13 @@ fn config(rig: &Rig, ctx: &TestCtx) -> poolstress_fixtures::pool::PoolConfig {
 /// Runs `phase` with `schedule` started once the load runs; checks the
 /// accounting, the fault's effect and the recovery of the step named by
 /// `judge` (an index into the schedule's steps).
-async fn under_schedule(ctx: &TestCtx, bed: &Bed, phase: Phase, schedule: Schedule, judge: usize) -> anyhow::Result<(Vec<StepRecord>, std::sync::Arc<Ledger>)> {
+async fn under_schedule(
+    ctx: &TestCtx,
+    bed: &Bed,
+    phase: Phase,
+    schedule: Schedule,
+    judge: usize,
+) -> anyhow::Result<(Vec<StepRecord>, std::sync::Arc<Ledger>)> {
     let what = bed.what();
     let load = start_load(ctx, bed, phase, Duration::from_secs(2));
     load.running(1, Duration::from_secs(10)).await?;
@@ -67,7 +73,9 @@ async fn under_schedule(ctx: &TestCtx, bed: &Bed, phase: Phase, schedule: Schedu
     let killed: usize = records
         .iter()
         .filter_map(|r| r.detail.as_deref())
-        .filter_map(|d| d.strip_prefix("killed ").and_then(|d| d.split(' ').next()).and_then(|n| n.parse::<usize>().ok()))
+        .filter_map(|d| {
+            d.strip_prefix("killed ").and_then(|d| d.split(' ').next()).and_then(|n| n.parse::<usize>().ok())
+        })
         .sum();
     after_fault(ctx, bed, max_seen, killed + bed.cfg.max_size).await?;
     rec.check_recovered(&what)?;
@@ -84,14 +92,18 @@ async fn under_schedule(ctx: &TestCtx, bed: &Bed, phase: Phase, schedule: Schedu
 
 /// `kills_at_500_ops`.
 pub async fn kills_at_500_ops(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
-    let dur = ctx.profile().pick(Duration::from_millis(1500), Duration::from_secs(10));
+    let dur = ctx.profile().pick(Duration::from_millis(1200), Duration::from_secs(10));
     let per_s = rate(&rig, 500.0);
     let bed = rig.bed(&ctx, config(&rig, &ctx)).await?;
     let schedule = Schedule::new().at(dur / 3, Action::kill_connections(Victims::Fraction(0.6)));
     let (records, _) = under_schedule(&ctx, &bed, Phase::open("load", per_s, dur), schedule, 0).await?;
     let detail = records[0].detail.clone().unwrap_or_default();
     if rig.supports(Knob::Reuse) {
-        ensure!(!detail.starts_with("killed 0 "), "{}: the kill at {per_s} ops/s found nothing to kill: {detail}", bed.what());
+        ensure!(
+            !detail.starts_with("killed 0 "),
+            "{}: the kill at {per_s} ops/s found nothing to kill: {detail}",
+            bed.what()
+        );
     } else {
         // Connections live for one op: a kill may find none open.
         ctx.note(format!("{}: {detail} (connections live for one operation)", bed.what()));
@@ -101,7 +113,7 @@ pub async fn kills_at_500_ops(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
 
 /// `network_faults_sustained`.
 pub async fn network_faults_sustained(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
-    let dur = ctx.profile().pick(Duration::from_millis(2000), Duration::from_secs(30));
+    let dur = ctx.profile().pick(Duration::from_millis(1500), Duration::from_secs(30));
     let per_s = rate(&rig, 200.0);
     let bed = rig.bed(&ctx, config(&rig, &ctx)).await?;
     let latency = Duration::from_millis(60);
@@ -122,14 +134,18 @@ pub async fn network_faults_sustained(ctx: TestCtx, rig: Rig) -> anyhow::Result<
     during.sort();
     if let Some(p50) = during.get(during.len() / 2) {
         ctx.record(Metric::lower("latency_step_p50_ms", p50.as_secs_f64() * 1e3));
-        ensure!(*p50 >= latency, "{}: ops under {latency:?} of added latency took p50 {p50:?}: the fault did not apply", bed.what());
+        ensure!(
+            *p50 >= latency,
+            "{}: ops under {latency:?} of added latency took p50 {p50:?}: the fault did not apply",
+            bed.what()
+        );
     }
     Ok(())
 }
 
 /// `failures_during_ramp`.
 pub async fn failures_during_ramp(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
-    let over = ctx.profile().pick(Duration::from_millis(2000), Duration::from_secs(120));
+    let over = ctx.profile().pick(Duration::from_millis(1600), Duration::from_secs(120));
     let bed = rig.bed(&ctx, config(&rig, &ctx)).await?;
     let kill = || Action::kill_connections(Victims::Fraction(0.6));
     let schedule = Schedule::new().at(over / 4, kill()).at(over / 2, kill()).at(over * 3 / 4, kill());
@@ -142,12 +158,16 @@ pub async fn failures_during_ramp(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> 
 
 /// `several_at_once`.
 pub async fn several_at_once(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
-    let dur = ctx.profile().pick(Duration::from_millis(1500), Duration::from_secs(20));
+    let dur = ctx.profile().pick(Duration::from_millis(1200), Duration::from_secs(20));
     let per_s = rate(&rig, 300.0);
     let bed = rig.bed(&ctx, config(&rig, &ctx)).await?;
     let at = dur / 4;
     let schedule = Schedule::new()
-        .at_for(at, dur / 4, FaultSpec::new(FaultKind::latency(Duration::from_millis(50), Duration::from_millis(10))).both())
+        .at_for(
+            at,
+            dur / 4,
+            FaultSpec::new(FaultKind::latency(Duration::from_millis(50), Duration::from_millis(10))).both(),
+        )
         .at(at, Action::kill_connections(Victims::Fraction(0.6)))
         .at(at, Action::ResetConnections { proxy: None, victims: Victims::Fraction(0.3) });
     under_schedule(&ctx, &bed, Phase::open("load", per_s, dur), schedule, 0).await?;

@@ -55,7 +55,8 @@ pub async fn overlapping_faults(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let run = schedule.start(&ctx, &bed.env)?;
     let records = run.finish().await?;
     let restart = records.iter().find(|r| r.what.contains("restart")).context("no restart step")?;
-    let (fault_at, heal_at) = (restart.started.context("restart never started")?, restart.ended.context("restart never ended")?);
+    let (fault_at, heal_at) =
+        (restart.started.context("restart never started")?, restart.ended.context("restart never ended")?);
     let probe = size_probe(&bed, before.min(max as u64), heal_at, after);
     let first = records.iter().filter_map(|r| r.started).min().unwrap_or(fault_at);
     ctx.step("observing the recovery");

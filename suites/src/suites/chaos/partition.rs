@@ -20,9 +20,10 @@ use super::{
 pub async fn partition_then_heal(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let max = ctx.profile().pick(4, 10);
     let part = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(5));
-    let after = ctx.profile().pick(Duration::from_millis(700), Duration::from_secs(10));
+    let after = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(10));
     // A connection per op (no reuse) needs more time per op on a busy machine.
-    let bound = ctx.profile().pick(Duration::from_millis(300), Duration::from_secs(1)) * if rig.supports(Knob::Reuse) { 1 } else { 3 };
+    let bound = ctx.profile().pick(Duration::from_millis(300), Duration::from_secs(1))
+        * if rig.supports(Knob::Reuse) { 1 } else { 3 };
     let lead = Duration::from_millis(200);
     let cfg = rig.config(max, Some(Duration::from_millis(500)), Some(Duration::from_millis(500)), None);
     let bed = rig.bed(&ctx, cfg).await?;

@@ -50,7 +50,8 @@ async fn run_child(seed: u64) -> anyhow::Result<Child> {
     let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
     let read = |p: PathBuf| std::fs::read_to_string(p).ok();
     let report: Option<Value> = read(dir.path().join("report.json")).map(|s| serde_json::from_str(&s)).transpose()?;
-    let test = report.and_then(|r| r["tests"].as_array().and_then(|a| a.iter().find(|t| t["name"] == CHILD_TEST).cloned()));
+    let test =
+        report.and_then(|r| r["tests"].as_array().and_then(|a| a.iter().find(|t| t["name"] == CHILD_TEST).cloned()));
     Ok(Child {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -61,28 +62,51 @@ async fn run_child(seed: u64) -> anyhow::Result<Child> {
 
 /// Registers the replay tests (layer_1, chaos; no server needed).
 pub fn register(r: &mut Registry) {
-    r.test("chaos::replay::same_seed_same_victims_and_failure_prints_seed_and_schedule", &[tag::CHAOS, tag::LAYER_1], replay)
-        .exclusive(false);
+    r.test(
+        "chaos::replay::same_seed_same_victims_and_failure_prints_seed_and_schedule",
+        &[tag::CHAOS, tag::LAYER_1],
+        replay,
+    )
+    .exclusive(false);
 }
 
 async fn replay(ctx: TestCtx) -> anyhow::Result<()> {
     ctx.step("running the failing chaos test three times (seeds 4242, 4242, 4243)");
     let (a, b, c) = (run_child(4242).await?, run_child(4242).await?, run_child(4243).await?);
     for x in [&a, &b, &c] {
-        ensure!(x.code == exit::TEST_FAILURE as i32, "the broken scenario must fail (exit {}): {}", exit::TEST_FAILURE, x.explain());
+        ensure!(
+            x.code == exit::TEST_FAILURE as i32,
+            "the broken scenario must fail (exit {}): {}",
+            exit::TEST_FAILURE,
+            x.explain()
+        );
         ensure!(x.stdout.contains("lost capacity"), "the failure must name lost capacity:\n{}", x.explain());
         // What the runner prints on a failure: the test's seed, how to replay, and the schedule's note.
-        ensure!(x.stdout.contains("seed ") && x.stdout.contains("replay the run with --seed"), "no seed printed:\n{}", x.explain());
+        ensure!(
+            x.stdout.contains("seed ") && x.stdout.contains("replay the run with --seed"),
+            "no seed printed:\n{}",
+            x.explain()
+        );
         ensure!(x.stdout.contains("chaos schedule (seed "), "no fault schedule printed:\n{}", x.explain());
     }
-    let (va, vb, vc) = (a.victims().context(a.explain())?, b.victims().context(b.explain())?, c.victims().context(c.explain())?);
+    let (va, vb, vc) =
+        (a.victims().context(a.explain())?, b.victims().context(b.explain())?, c.victims().context(c.explain())?);
     ctx.attach("victims", serde_json::json!({"4242": va, "4242 again": vb, "4243": vc}));
     ensure!(va == vb, "the same --seed chose different victims: {va} then {vb}");
     ensure!(va != vc, "seeds 4242 and 4243 chose the same victims {va}: the choice does not depend on the seed");
     let note = |x: &Child| {
-        x.test.as_ref().and_then(|t| t["notes"].as_array().and_then(|n| n.iter().find_map(|n| n.as_str().filter(|s| s.starts_with("chaos schedule")).map(str::to_string))))
+        x.test.as_ref().and_then(|t| {
+            t["notes"].as_array().and_then(|n| {
+                n.iter().find_map(|n| n.as_str().filter(|s| s.starts_with("chaos schedule")).map(str::to_string))
+            })
+        })
     };
-    ensure!(note(&a).is_some() && note(&a) == note(&b), "the schedule notes differ for one seed: {:?} vs {:?}", note(&a), note(&b));
+    ensure!(
+        note(&a).is_some() && note(&a) == note(&b),
+        "the schedule notes differ for one seed: {:?} vs {:?}",
+        note(&a),
+        note(&b)
+    );
     ctx.note(format!("seed 4242 aborted workers {va}, seed 4243 aborted {vc}"));
     Ok(())
 }
