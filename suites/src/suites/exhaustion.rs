@@ -43,7 +43,7 @@ use poolstress_harness::{
 };
 
 use super::{
-    chaos::ledger::{pool_capacity_intact, pool_serves_again, watchdog},
+    chaos::ledger::{note_plan, pool_capacity_intact, pool_serves_again, watchdog},
     conformance::{wait_until, Provided, ServiceFixture},
 };
 
@@ -53,6 +53,8 @@ type Body = fn(TestCtx, Adapter<Postgres>) -> BoxFuture<'static, anyhow::Result<
 
 struct Case {
     name: &'static str,
+    /// The fault plan, noted with the seed (printed if the test fails).
+    plan: &'static str,
     needs: &'static [Knob],
     /// Loads the shared server enough to disturb other tests' timings.
     exclusive: bool,
@@ -63,37 +65,49 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "saturation_detected",
+            plan: "take max_size checkouts one by one, then two waiters; release",
             needs: &[Knob::MaxSize, Knob::StatusSize, Knob::StatusIdle],
             exclusive: false,
             body: |c, a| Box::pin(saturation_detected(c, a)),
         },
         Case {
             name: "queue_management",
+            plan: "hold both of 2 connections; 4 waiters time out; then 5 queued on a pool of 1 drain",
             needs: &[Knob::MaxSize, Knob::AcquireTimeout],
             exclusive: false,
             body: |c, a| Box::pin(queue_management(c, a)),
         },
         Case {
             name: "backpressure_signal",
+            plan: "hold all 3 connections; 5 requests to the service; release",
             needs: &[Knob::MaxSize, Knob::AcquireTimeout],
             exclusive: false,
             body: |c, a| Box::pin(backpressure_signal(c, a)),
         },
-        Case { name: "leak_detection", needs: &[], exclusive: false, body: |c, a| Box::pin(leak_detection(c, a)) },
+        Case {
+            name: "leak_detection",
+            plan: "one checkout never released; detector threshold 200ms",
+            needs: &[],
+            exclusive: false,
+            body: |c, a| Box::pin(leak_detection(c, a)),
+        },
         Case {
             name: "degrades_gracefully_under_sustained_load",
+            plan: "open loop at 1.2x the measured capacity",
             needs: &[],
             exclusive: true,
             body: |c, a| Box::pin(degrades_gracefully(c, a)),
         },
         Case {
             name: "multi_service_isolation",
+            plan: "pool A fully held and hammered while pool B serves",
             needs: &[Knob::MaxSize, Knob::AcquireTimeout],
             exclusive: false,
             body: |c, a| Box::pin(multi_service_isolation(c, a)),
         },
         Case {
             name: "auto_heals",
+            plan: "tasks hold every connection, then are cancelled; nothing done to the pool",
             needs: &[Knob::MaxSize, Knob::AcquireTimeout],
             exclusive: false,
             body: |c, a| Box::pin(auto_heals(c, a)),
@@ -109,8 +123,11 @@ pub fn register(r: &mut Registry) {
     for case in cases() {
         for a in pool::postgres_adapters() {
             let name = format!("exhaustion::postgres::{}[{}]", case.name, a.name());
-            let (body, adapter) = (case.body, a.clone());
-            let def = r.test(name, TAGS, move |ctx| body(ctx, adapter.clone()));
+            let (body, adapter, plan) = (case.body, a.clone(), case.plan);
+            let def = r.test(name, TAGS, move |ctx| {
+                note_plan(&ctx, &[plan.to_string()]);
+                body(ctx, adapter.clone())
+            });
             def.exclusive(case.exclusive);
             if let Some((knob, why)) = a.capabilities().missing(case.needs) {
                 def.skip(format!("{} lacks {knob}: {why}", a.name()));
