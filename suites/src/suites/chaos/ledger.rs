@@ -80,6 +80,7 @@ pub struct Ledger {
     failed: AtomicU64,
     cancelled: AtomicU64,
     wrong: AtomicU64,
+    lost: AtomicU64,
     obs: Mutex<Vec<Obs>>,
     wrong_samples: Mutex<Vec<String>>,
 }
@@ -151,6 +152,16 @@ impl Ledger {
                     let value = t.seq().to_string();
                     c.run(&Op::Write { key, value: value.clone() }).await.map_err(op_error)?;
                     let got = c.run(&Op::Read { key }).await.map_err(op_error)?;
+                    if got.value().is_none() {
+                        // Not another op's answer: the write was lost (a Redis restart
+                        // without persistence loses it, and a reconnecting client may
+                        // send the read to the restarted server).
+                        ledger.lost.fetch_add(1, Ordering::Relaxed);
+                        return Err(OpError::new(
+                            ErrorClass::ServerError,
+                            format!("write lost: wrote {value:?} to key {key}, read back nothing"),
+                        ));
+                    }
                     if got.value() != Some(value.as_str()) {
                         let msg = format!("poisoned connection: wrote {value:?} to key {key}, read back {got:?}");
                         ledger.wrong.fetch_add(1, Ordering::Relaxed);
@@ -180,6 +191,11 @@ impl Ledger {
                 r
             })
         })
+    }
+
+    /// Ops whose read found nothing right after their write (lost writes).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Ops that succeeded so far.
@@ -389,6 +405,7 @@ impl LoadRun {
     pub async fn finish(self, ctx: &TestCtx, what: &str) -> anyhow::Result<(PhaseStats, Arc<Ledger>)> {
         let stats = self.task.await.map_err(|e| anyhow!("the load task failed: {e}"))??;
         stats.record_into(ctx, "load");
+        ctx.record(Metric::lower("load.lost_writes", self.ledger.lost() as f64));
         self.ledger.check_accounted(what, &stats)?;
         self.ledger.check_not_poisoned(what)?;
         Ok((stats, self.ledger))
@@ -440,6 +457,7 @@ impl ChunkedRun {
         ctx.record(Metric::higher("load.ok", counts.ok as f64));
         ctx.record(Metric::lower("load.errors.total", counts.errors as f64));
         ctx.record(Metric::lower("load.cancelled", counts.cancelled as f64));
+        ctx.record(Metric::lower("load.lost_writes", self.ledger.lost() as f64));
         self.ledger.check_counts(what, counts)?;
         self.ledger.check_not_poisoned(what)?;
         Ok(self.ledger)
