@@ -4,7 +4,9 @@ use poolstress_harness::Registry;
 
 pub mod bench;
 pub mod broken;
+pub mod chaos;
 pub mod conformance;
+pub mod exhaustion;
 pub mod faults;
 pub mod harness_bench;
 pub mod layer2;
@@ -17,7 +19,9 @@ pub mod stress_redis;
 pub fn register(r: &mut Registry) {
     bench::register(r);
     broken::register(r);
+    chaos::register(r);
     conformance::register(r);
+    exhaustion::register(r);
     faults::register(r);
     harness_bench::register(r);
     layer2::register(r);
