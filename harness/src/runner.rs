@@ -23,7 +23,7 @@ use crate::{
     lock::TestLock,
     profile::Profile,
     registry::{Registry, TestDef},
-    report::{self, HtmlReporter, JsonReporter, JunitReporter, Outcome, Reporter, RunSummary, TestRecord},
+    report::{self, HtmlReporter, JsonReporter, JunitReporter, LayersReporter, Outcome, Reporter, RunSummary, TestRecord},
     tag,
 };
 
@@ -367,6 +367,7 @@ fn write_reports(opts: &Options, summary: &RunSummary, quiet: bool) {
         reporters.push(Box::new(JunitReporter));
         let baselines = crate::baseline::load(&crate::baseline::path_for(opts)).ok();
         reporters.push(Box::new(HtmlReporter { baselines }));
+        reporters.push(Box::new(LayersReporter));
     }
     for mut r in reporters {
         match r.run_finished(summary, &dir) {

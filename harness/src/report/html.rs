@@ -190,6 +190,7 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
         );
     }
     h.push_str("</table>");
+    h.push_str(&super::layers::html(&super::layers::side_by_side(&s.tests)));
     for t in s.tests.iter().filter(|t| !t.metrics.is_empty() || !t.attachments.is_empty() || t.outcome == Outcome::Failed) {
         let _ = write!(h, "<h2 id=\"{}\">{}</h2>", crate::ctx::slug(&t.name), escape(&t.name));
         if let Some(m) = &t.message {

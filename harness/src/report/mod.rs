@@ -4,6 +4,7 @@
 mod html;
 mod json;
 mod junit;
+pub mod layers;
 
 use std::{
     collections::BTreeMap,
@@ -18,6 +19,7 @@ use crate::{ctx::Event, metric::Metric};
 pub use html::HtmlReporter;
 pub use json::JsonReporter;
 pub use junit::JunitReporter;
+pub use layers::LayersReporter;
 
 /// How a test ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
