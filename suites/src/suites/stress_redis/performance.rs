@@ -99,6 +99,17 @@ async fn throughput(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
     s.check_only(&[ErrorClass::AcquireTimeout, ErrorClass::OpTimeout]).map_err(|e| anyhow!("{name}: {e}"))?;
     budget_max(&ctx, name, "error_rate_pct", s.error_rate() * 100.0, 0.0, 5.0, "%")?;
     budget_min(&ctx, name, "achieved_ops_s", s.throughput_ops_s, 8_000.0, 1_000.0, "ops/s")?;
+    // Latency is measured from each op's slot: when this machine cannot
+    // send the rate at all, the queue of late sends is the p95, whatever
+    // the pool does. Gate it only where the rate was (nearly) sustained;
+    // otherwise it stays a metric for the baselines.
+    if s.throughput_ops_s < 0.8 * rate {
+        ctx.note(format!(
+            "{name}: achieved {:.0} of {rate} ops/s: p95 {:.1} ms is queueing behind an unsustained rate; not gated (recorded)",
+            s.throughput_ops_s, s.latency.p95_ms
+        ));
+        return Ok(());
+    }
     budget_max(&ctx, name, "p95_ms", s.latency.p95_ms, 50.0, 1_000.0, "ms")
 }
 
