@@ -40,7 +40,9 @@ type = "restart"
 pub async fn overlapping_faults(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     let max = ctx.profile().pick(4, 10);
     let schedule = Schedule::from_toml(OVERLAP)?;
-    let after = ctx.profile().pick(Duration::from_millis(1000), Duration::from_secs(10));
+    // Longer than the acquire timeout: an op that started waiting during the
+    // restart must be able to end, and the next one to succeed, inside it.
+    let after = ctx.profile().pick(Duration::from_millis(3000), Duration::from_secs(10));
     let cfg = rig.config(max, Some(Duration::from_secs(2)), Some(Duration::from_secs(2)), Some(Duration::from_secs(5)));
     let bed = rig.bed(&ctx, cfg).await?;
     let what = bed.what();

@@ -230,7 +230,12 @@ async fn memory_plateaus(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> 
         mib(rss1),
         mib(rss5)
     );
-    ensure!(fds5 <= fds1, "{}: open fds grew from {fds1} after phase 1 to {fds5} after phase 5", e.name);
+    if fds5 > fds1 {
+        // A connection closed in the background (a no-pool adapter's last
+        // one, a driver task) may hold its fd a moment longer: growth is
+        // what does not go away.
+        e.fds_at_most(fds1, &format!("after phase 5 (after phase 1: {fds1}, sampled {fds5})")).await?;
+    }
     ensure!(
         conns5 <= conns1.max(e.kept),
         "{}: server clients grew from {conns1} after phase 1 to {conns5} after phase 5",
