@@ -68,6 +68,23 @@ pub fn spread(samples: &[f64]) -> f64 {
     1.4826 * median(&dev)
 }
 
+/// The smallest absolute change of a metric that can count, by the unit
+/// its name ends in: 1 ms (`_ms`), 100 µs (`_us`), 100 ns (`_ns`), one
+/// percentage point (`_pct`); 0 otherwise. Below these a change is timer
+/// and scheduler noise on a shared machine, however large relative to a
+/// sub-millisecond value (0.12 → 0.33 ms is +180 % and means nothing; 100 →
+/// 1341 ms still counts).
+pub fn absolute_floor(metric: &str) -> f64 {
+    let unit = metric.rsplit(['.', '_']).next().unwrap_or("");
+    match unit {
+        "ms" => 1.0,
+        "us" => 100.0,
+        "ns" => 100.0,
+        "pct" => 1.0,
+        _ => 0.0,
+    }
+}
+
 /// Compares one measured metric against its baseline.
 pub fn compare(base: &Baseline, current: &Metric) -> (Option<f64>, Verdict) {
     let v = current.value;
@@ -80,7 +97,7 @@ pub fn compare(base: &Baseline, current: &Metric) -> (Option<f64>, Verdict) {
     };
     let noise = K_NOISE * base.spread.max(spread(&current.samples));
     let beyond_tolerance = delta.abs() > base.tolerance;
-    let beyond_noise = diff.abs() > noise;
+    let beyond_noise = diff.abs() > noise.max(absolute_floor(&current.name));
     let verdict = if beyond_tolerance && beyond_noise {
         if worse {
             Verdict::Regressed
@@ -96,6 +113,20 @@ pub fn compare(base: &Baseline, current: &Metric) -> (Option<f64>, Verdict) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sub_floor_changes_are_noise_whatever_their_ratio() {
+        assert_eq!(absolute_floor("ping.p50_ms"), 1.0);
+        assert_eq!(absolute_floor("proxy_added_p50_us"), 100.0);
+        assert_eq!(absolute_floor("open.timer.rate_error_pct"), 1.0);
+        assert_eq!(absolute_floor("read.ops_s"), 0.0);
+        let b = base(0.116, 0.0, Direction::LowerIsBetter);
+        assert_eq!(compare(&b, &Metric::lower("ping.p50_ms", 0.326)).1, Verdict::WithinNoise);
+        let b = base(100.0, 0.0, Direction::LowerIsBetter);
+        assert_eq!(compare(&b, &Metric::lower("ping.p50_ms", 1341.0)).1, Verdict::Regressed);
+        let b = base(0.1, 0.0, Direction::LowerIsBetter);
+        assert_eq!(compare(&b, &Metric::lower("read.p50_ms", 2.1)).1, Verdict::Regressed);
+    }
 
     fn base(value: f64, spread: f64, direction: Direction) -> Baseline {
         Baseline { value, spread, direction, tolerance: 0.10, samples: 5 }
