@@ -85,8 +85,23 @@ pub fn absolute_floor(metric: &str) -> f64 {
     }
 }
 
+/// Whether a metric is the tail of one run's distribution (max, p99.9):
+/// a single stall sets it, so from one sample it moves 2–10x between two
+/// runs of an unchanged pool on the same machine.
+fn is_tail(metric: &str) -> bool {
+    let stem = metric.trim_end_matches("_ms").trim_end_matches("_us").trim_end_matches("_ns");
+    stem.ends_with("max") || stem.ends_with("p999") || stem.ends_with("p99_9")
+}
+
 /// Compares one measured metric against its baseline.
+///
+/// Without repeats (one sample on both sides) there is no noise estimate:
+/// such a metric counts only when it at least doubles or halves (or
+/// beyond its tolerance, if larger), and the tail of a single run (max,
+/// p99.9) is never judged. Measure over repeats (`Metric::from_samples`)
+/// to gate finer.
 pub fn compare(base: &Baseline, current: &Metric) -> (Option<f64>, Verdict) {
+    let single = base.samples <= 1 && current.samples.len() <= 1;
     let v = current.value;
     let b = base.value;
     let diff = v - b;
@@ -96,7 +111,11 @@ pub fn compare(base: &Baseline, current: &Metric) -> (Option<f64>, Verdict) {
         Direction::HigherIsBetter => diff < 0.0,
     };
     let noise = K_NOISE * base.spread.max(spread(&current.samples));
-    let beyond_tolerance = delta.abs() > base.tolerance;
+    if single && is_tail(&current.name) {
+        return (Some(delta), Verdict::WithinNoise);
+    }
+    let factor = if b != 0.0 && v != 0.0 { (v / b).abs().max((b / v).abs()) } else { f64::INFINITY };
+    let beyond_tolerance = delta.abs() > base.tolerance && (!single || factor >= 2.0);
     let beyond_noise = diff.abs() > noise.max(absolute_floor(&current.name));
     let verdict = if beyond_tolerance && beyond_noise {
         if worse {
@@ -113,6 +132,18 @@ pub fn compare(base: &Baseline, current: &Metric) -> (Option<f64>, Verdict) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_samples_need_a_doubling_and_their_tails_are_not_judged() {
+        let one = |v| Baseline { value: v, spread: 0.0, direction: Direction::LowerIsBetter, tolerance: 0.5, samples: 1 };
+        assert_eq!(compare(&one(10.0), &Metric::lower("burst.p99_ms", 18.0)).1, Verdict::WithinNoise);
+        assert_eq!(compare(&one(10.0), &Metric::lower("burst.p99_ms", 25.0)).1, Verdict::Regressed);
+        assert_eq!(compare(&one(1.1), &Metric::lower("ping.max_ms", 8.5)).1, Verdict::WithinNoise);
+        assert_eq!(compare(&one(5.0), &Metric::lower("sustained.p999_ms", 15.5)).1, Verdict::WithinNoise);
+        assert_eq!(compare(&one(100.0), &Metric::lower("response_ms", 1341.0)).1, Verdict::Regressed);
+        let up = Baseline { value: 9678.0, spread: 0.0, direction: Direction::HigherIsBetter, tolerance: 0.5, samples: 1 };
+        assert_eq!(compare(&up, &Metric::higher("pooled.throughput_ops_s", 2470.0)).1, Verdict::Regressed);
+    }
 
     #[test]
     fn sub_floor_changes_are_noise_whatever_their_ratio() {
