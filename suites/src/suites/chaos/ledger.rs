@@ -612,19 +612,20 @@ pub async fn server_side_bounded(bed: &Bed, max_seen: u64, killed: usize) -> any
         "{}: the server saw {max_seen} of the test's connections at once (max_size {max}, {killed} killed that may linger)",
         bed.what()
     );
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let settled = crate::suites::conformance::wait_until("server-side connections back at max_size", Duration::from_secs(5), || async {
         let n = bed.server_count().await?;
-        if n <= max {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < end,
-            "{}: the server still sees {n} of the test's connections 5 s after the checks (max_size {max}): leaked",
-            bed.what()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        last.store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(n <= max)
+    })
+    .await;
+    ensure!(
+        settled.is_ok(),
+        "{}: the server still sees {} of the test's connections 5 s after the checks (max_size {max}): leaked",
+        bed.what(),
+        last.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(())
 }
 
 /// The recovery invariants every scenario ends with: the same pool serves
