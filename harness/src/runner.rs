@@ -23,7 +23,7 @@ use crate::{
     lock::TestLock,
     profile::Profile,
     registry::{Registry, TestDef},
-    report::{self, HtmlReporter, JsonReporter, JunitReporter, LayersReporter, Outcome, Reporter, RunSummary, TestRecord},
+    report::{self, HtmlReporter, JsonReporter, JunitReporter, LayersReporter, Outcome, Reporter, RunSummary, ScorecardReporter, TestRecord},
     tag,
 };
 
@@ -368,6 +368,7 @@ fn write_reports(opts: &Options, summary: &RunSummary, quiet: bool) {
         let baselines = crate::baseline::load(&crate::baseline::path_for(opts)).ok();
         reporters.push(Box::new(HtmlReporter { baselines }));
         reporters.push(Box::new(LayersReporter));
+        reporters.push(Box::new(ScorecardReporter));
     }
     for mut r in reporters {
         match r.run_finished(summary, &dir) {

@@ -156,6 +156,11 @@ fn timeline_svg(title: &str, tl: &Timeline, events: &[(f64, String)]) -> Result<
     Ok(svg)
 }
 
+/// Whether the page has a section (plots, metrics, failure) for `t`.
+pub(crate) fn has_section(t: &TestRecord) -> bool {
+    !t.metrics.is_empty() || !t.attachments.is_empty() || t.outcome == Outcome::Failed
+}
+
 pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
     let mut h = String::new();
     let _ = write!(
@@ -176,6 +181,7 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
         s.ignored,
         s.duration_ms / 1e3
     );
+    h.push_str(&super::scorecard::html(&s.tests));
     h.push_str("<table><tr><th>test</th><th>tags</th><th>outcome</th><th>time</th><th>metrics</th></tr>");
     for t in &s.tests {
         let _ = write!(
@@ -191,7 +197,7 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
     }
     h.push_str("</table>");
     h.push_str(&super::layers::html(&super::layers::side_by_side(&s.tests)));
-    for t in s.tests.iter().filter(|t| !t.metrics.is_empty() || !t.attachments.is_empty() || t.outcome == Outcome::Failed) {
+    for t in s.tests.iter().filter(|t| has_section(t)) {
         let _ = write!(h, "<h2 id=\"{}\">{}</h2>", crate::ctx::slug(&t.name), escape(&t.name));
         if let Some(m) = &t.message {
             let _ = write!(h, "<pre>{}</pre>", escape(m));

@@ -5,6 +5,7 @@ mod html;
 mod json;
 mod junit;
 pub mod layers;
+pub mod scorecard;
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +21,7 @@ pub use html::HtmlReporter;
 pub use json::JsonReporter;
 pub use junit::JunitReporter;
 pub use layers::LayersReporter;
+pub use scorecard::ScorecardReporter;
 
 /// How a test ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
