@@ -176,7 +176,12 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
     write_reports(&opts, &summary, args.quiet);
 
     let ran = conclusion.num_passed + conclusion.num_failed;
-    if ran == 0 && conclusion.num_failed == 0 && !opts.allow_empty {
+    // A test that ran and skipped itself (a capability the pool lacks) was
+    // selected on purpose: nextest runs every test alone by its exact name,
+    // and a skipped one must not fail there. Only a selection that matched
+    // nothing runnable is an error.
+    let skipped = summary.tests.iter().filter(|t| t.outcome == Outcome::Skipped).count();
+    if ran == 0 && skipped == 0 && !opts.allow_empty {
         let filter = args.filter.as_deref().map(|f| format!(", name filter \"{f}\"")).unwrap_or_default();
         eprintln!(
             "error: the selection ran no test ({}{filter}; {} of {total} tests matched the tags, {} ignored or skipped).\n\

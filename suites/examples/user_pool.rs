@@ -10,16 +10,22 @@
 //! - [`Connection`]: `run` an operation — here one line, because
 //!   `pool::pg::run` already speaks every operation over a tokio-postgres client.
 //!
-//! Then register the suites for it and run:
+//! Then register it with one call — every suite that applies to a Postgres
+//! pool (conformance, stress, edge cases, chaos at layers 2 and 3,
+//! exhaustion, benchmarks, layer_2) — beside a built-in pool for a
+//! side-by-side scorecard, and run:
 //!
 //! ```text
-//! cargo run -p poolstress --example user_pool -- --include-tag layer_3
+//! cargo run -p poolstress --example user_pool -- --include-tag chaos
+//! cargo run -p poolstress --example user_pool -- --include-tag benchmark
 //! cargo run -p poolstress --example user_pool -- --list
 //! ```
 //!
-//! Conformance tests appear as `conformance::postgres::<scenario>[tiny-pool]`;
+//! Tests appear as `chaos::postgres::<scenario>[tiny-pool]`,
+//! `exhaustion::postgres::<case>[tiny-pool]`, `bench::postgres::point_read[tiny-pool]`, ...;
 //! those needing a knob TinyPool does not declare (min idle, validation, ...)
-//! are listed as skipped with the reason.
+//! are listed as skipped with the reason. report.html and summary.md open
+//! with the scorecard: tiny-pool beside deadpool-postgres.
 
 use std::{process::ExitCode, sync::Arc};
 
@@ -28,12 +34,11 @@ use parking_lot::Mutex;
 use poolstress::{
     fixtures::{
         pool::{
-            self, pg::driver::Client, Adapter, BuildError, Capabilities, Cause, Checkout, Connection, Knob, Op,
+            self, pg::driver::Client, BuildError, Capabilities, Cause, Checkout, Connection, Knob, Op,
             OpOutput, Phase, PoolAdapter, PoolConfig, PoolError, PoolStatus, PoolUnderTest, Postgres,
         },
         PgTarget,
     },
-    suites::conformance,
     Registry,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -162,8 +167,8 @@ impl Connection for TinyConn {
 
 fn main() -> ExitCode {
     let mut r = Registry::new();
-    conformance::register_adapters(&mut r, vec![Adapter::new(TinyAdapter)]);
-    // Compare against a real pool in the same run:
-    // conformance::register_adapters(&mut r, vec![Adapter::new(pool::DeadpoolPostgres)]);
+    poolstress::register_pool(&mut r, TinyAdapter);
+    // A built-in pool beside it, for the side-by-side scorecard.
+    poolstress::register_pool(&mut r, pool::DeadpoolPostgres);
     poolstress::run(r)
 }

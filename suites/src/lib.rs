@@ -23,9 +23,13 @@ pub use poolstress_harness::{
     TestCtx, TestDef, TestResult,
 };
 
+pub mod kit;
+mod register;
 pub mod selftest;
 pub mod suites;
 pub mod util;
+
+pub use register::{register_adapter, register_builtin_pools, register_pool, PoolSuites};
 
 /// Registers every poolstress suite.
 pub fn register_all(r: &mut Registry) {

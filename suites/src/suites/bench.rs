@@ -17,10 +17,9 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{bail, ensure, Context};
-use futures::future::BoxFuture;
 use poolstress_fixtures::{
-    fault::{FaultKind, FaultProxy, FaultSpec},
-    pool::{self, Adapter, Knob, Op, PoolConfig, PoolError, Postgres, Redis},
+    fault::{FaultKind, FaultSpec},
+    pool::{self, Adapter, Knob, Op, PoolConfig, PoolError},
 };
 use poolstress_harness::{
     exit,
@@ -28,43 +27,10 @@ use poolstress_harness::{
     tag, Direction, Metric, Registry, TestCtx,
 };
 
-use super::conformance::ServiceFixture;
+use crate::kit::NetService;
 
 /// Env var: latency added to every benchmark pool's proxy (humantime).
 pub const INJECT_LATENCY_ENV: &str = "POOLSTRESS_INJECT_LATENCY";
-
-/// A service whose benchmark pools go through the fault proxy.
-trait Proxied: ServiceFixture {
-    fn tags() -> &'static [&'static str];
-    fn proxy<'a>(
-        ctx: &'a TestCtx,
-        target: &'a Self::Target,
-    ) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>>;
-}
-
-impl Proxied for Postgres {
-    fn tags() -> &'static [&'static str] {
-        &[tag::BENCHMARK, tag::LAYER_3, tag::POSTGRES]
-    }
-    fn proxy<'a>(
-        ctx: &'a TestCtx,
-        target: &'a Self::Target,
-    ) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>> {
-        Box::pin(async move { Ok(FaultProxy::for_pg(ctx, target).await?) })
-    }
-}
-
-impl Proxied for Redis {
-    fn tags() -> &'static [&'static str] {
-        &[tag::BENCHMARK, tag::LAYER_3, tag::REDIS]
-    }
-    fn proxy<'a>(
-        ctx: &'a TestCtx,
-        target: &'a Self::Target,
-    ) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>> {
-        Box::pin(async move { Ok(FaultProxy::for_redis(ctx, target).await?) })
-    }
-}
 
 /// The latency `POOLSTRESS_INJECT_LATENCY` asks for, if any.
 fn injected_latency() -> anyhow::Result<Option<Duration>> {
@@ -79,7 +45,7 @@ fn injected_latency() -> anyhow::Result<Option<Duration>> {
     }
 }
 
-async fn point_read<S: Proxied>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+async fn point_read<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let (reps, secs) = (
         ctx.profile().pick(3, 5),
         ctx.profile()
@@ -163,19 +129,18 @@ async fn point_read<S: Proxied>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<(
     Ok(())
 }
 
-fn register_service<S: Proxied>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
+/// Registers `bench::<service>::point_read[<pool>]` for `adapters` (a user's pool too).
+pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
     for a in adapters {
         let name = format!("bench::{}::point_read[{}]", S::NAME, a.name());
-        r.test(name, <S as Proxied>::tags(), move |ctx| {
+        r.test(name, S::BENCH_TAGS, move |ctx| {
             point_read(ctx, a.clone())
         });
     }
 }
 
-/// Registers the pool benchmarks and the gate self-test.
-pub fn register(r: &mut Registry) {
-    register_service(r, pool::postgres_adapters());
-    register_service(r, pool::redis_adapters());
+/// Registers the gate self-test (`bench::gate::*`).
+pub fn register_gate(r: &mut Registry) {
     r.test(
         "bench::gate::injected_latency_is_a_regression",
         &[tag::LAYER_3, tag::REDIS],

@@ -21,8 +21,6 @@
 //! test marked ignored ([`FINDINGS`]) and in docs/findings.md.
 
 use std::{
-    any::Any,
-    future::Future,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -31,220 +29,42 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context};
-use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use poolstress_fixtures::{
-    pool::{
-        self, pg::driver::NoTls, redis::driver as redis_rs, Adapter, Knob, Mock, MockServer, Op, Pool, PoolConfig,
-        Postgres, Redis, Service,
-    },
-    service,
-};
-use poolstress_harness::{tag, Classify, ConnectionCounter, ErrorClass, Metric, Registry, TestCtx};
+use poolstress_fixtures::pool::{
+        Adapter, Knob, Op, Pool, PoolConfig,
+    };
+use poolstress_harness::{Classify, ErrorClass, Metric, Registry, TestCtx};
+
+use crate::kit::{register_matrix, wait_until, Finding, Provided, Scenario, ServiceFixture};
 
 /// A known finding: `(scenario, adapter, reason with the pool version)`.
 /// The test stays registered, fails when run, and is marked ignored with
 /// this reason (run it with `--include-ignored`). Listed in docs/findings.md.
-pub const FINDINGS: &[(&str, &str, &str)] = &[(
+pub const FINDINGS: &[Finding] = &[(
     "killed_idle_not_handed_out",
     "redis-manager",
     "redis 1.8.1 ConnectionManager (RESP2, the default): the first command after the server killed the idle connection fails \
      with broken pipe (connection_broken); the manager reconnects only after that failure, in the background",
 )];
 
-/// What a service gives a conformance test: the target, a server-side
-/// connection counter, and a way to kill one connection server side.
-pub struct Provided<S: Service> {
-    /// Where pools connect.
-    pub target: S::Target,
-    /// The test's connections as the server sees them.
-    pub counter: Arc<dyn ConnectionCounter>,
-    /// Kills one connection by its [`Op::WhoAmI`] id and returns once the
-    /// server no longer has it.
-    pub kill: Arc<dyn Fn(i64) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>,
-    /// Whatever must live as long as the test (the test database).
-    pub keep: Box<dyn Any + Send>,
-}
-
-/// A service the conformance suite can run on: its tags and how to get a
-/// server for one test.
-pub trait ServiceFixture: Service + Sized {
-    /// The tags of its conformance tests.
-    fn tags() -> &'static [&'static str];
-    /// A target of the test's own, its counter and its killer.
-    fn provide(ctx: &TestCtx) -> BoxFuture<'_, anyhow::Result<Provided<Self>>>;
-}
-
-impl ServiceFixture for Postgres {
-    fn tags() -> &'static [&'static str] {
-        &[tag::STRESS, tag::LAYER_3, tag::POSTGRES]
-    }
-
-    fn provide(ctx: &TestCtx) -> BoxFuture<'_, anyhow::Result<Provided<Self>>> {
-        Box::pin(async move {
-            let server = service::postgres().await?;
-            let db = server.test_db(ctx).await?;
-            let admin = server.admin_target();
-            let kill = Arc::new(move |pid: i64| -> BoxFuture<'static, anyhow::Result<()>> {
-                let admin = admin.clone();
-                Box::pin(async move {
-                    let (client, conn) = service::pg_target_config(&admin).connect(NoTls).await?;
-                    tokio::spawn(conn);
-                    let pid = i32::try_from(pid)?;
-                    let row = client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-                    ensure!(row.get::<_, bool>(0), "pg_terminate_backend({pid}) found no such backend");
-                    wait_until(&format!("backend {pid} gone from pg_stat_activity"), Duration::from_secs(5), || async {
-                        Ok(client.query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid]).await?.is_none())
-                    })
-                    .await
-                })
-            });
-            Ok(Provided {
-                target: db.target.clone(),
-                counter: Arc::new(db.connection_counter()),
-                kill,
-                keep: Box::new(db),
-            })
-        })
-    }
-}
-
-impl ServiceFixture for Redis {
-    fn tags() -> &'static [&'static str] {
-        &[tag::STRESS, tag::LAYER_3, tag::REDIS]
-    }
-
-    fn provide(ctx: &TestCtx) -> BoxFuture<'_, anyhow::Result<Provided<Self>>> {
-        Box::pin(async move {
-            let server = service::redis().await?;
-            let db = server.test_db(ctx).await?;
-            // Unnamed, so the test's counter never sees it.
-            let admin_url = server.admin_target().url();
-            let kill = Arc::new(move |id: i64| -> BoxFuture<'static, anyhow::Result<()>> {
-                let url = admin_url.clone();
-                Box::pin(async move {
-                    let mut c = redis_rs::Client::open(url)?.get_multiplexed_async_connection().await?;
-                    let n: i64 = redis_rs::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut c).await?;
-                    ensure!(n == 1, "CLIENT KILL ID {id} killed {n} clients");
-                    wait_until(&format!("client {id} gone from CLIENT LIST"), Duration::from_secs(5), || {
-                        let mut c = c.clone();
-                        async move {
-                            let l: String =
-                                redis_rs::cmd("CLIENT").arg("LIST").arg("ID").arg(id).query_async(&mut c).await?;
-                            Ok(l.trim().is_empty())
-                        }
-                    })
-                    .await
-                })
-            });
-            Ok(Provided {
-                target: db.target.clone(),
-                counter: Arc::new(db.connection_counter()),
-                kill,
-                keep: Box::new(db),
-            })
-        })
-    }
-}
-
-impl ServiceFixture for Mock {
-    fn tags() -> &'static [&'static str] {
-        &[tag::STRESS, tag::LAYER_1]
-    }
-
-    fn provide(_ctx: &TestCtx) -> BoxFuture<'_, anyhow::Result<Provided<Self>>> {
-        Box::pin(async move {
-            let server = MockServer::new();
-            let s = server.clone();
-            let kill = Arc::new(move |id: i64| -> BoxFuture<'static, anyhow::Result<()>> {
-                let s = s.clone();
-                Box::pin(async move {
-                    ensure!(s.kill(id), "mock server had no connection to kill");
-                    Ok(())
-                })
-            });
-            Ok(Provided { target: server.clone(), counter: Arc::new(server), kill, keep: Box::new(()) })
-        })
-    }
-}
-
-/// Registers the suite for every built-in adapter (cargo features).
-pub fn register(r: &mut Registry) {
-    register_adapters(r, pool::postgres_adapters());
-    register_adapters(r, pool::redis_adapters());
-    register_adapters(r, pool::mock_adapters());
-}
-
-type Body<S> = fn(TestCtx, Adapter<S>) -> BoxFuture<'static, anyhow::Result<()>>;
-
-struct Scenario<S: ServiceFixture> {
-    name: &'static str,
-    needs: &'static [Knob],
-    body: Body<S>,
-}
-
 fn scenarios<S: ServiceFixture>() -> Vec<Scenario<S>> {
     vec![
-        Scenario { name: "acquire_release", needs: &[], body: |c, a| Box::pin(acquire_release(c, a)) },
-        Scenario {
-            name: "max_size_never_exceeded",
-            needs: &[Knob::MaxSize],
-            body: |c, a| Box::pin(max_size_never_exceeded(c, a)),
-        },
-        Scenario {
-            name: "acquire_timeout_honoured",
-            needs: &[Knob::MaxSize, Knob::AcquireTimeout],
-            body: |c, a| Box::pin(acquire_timeout_honoured(c, a)),
-        },
-        Scenario { name: "min_idle_reached", needs: &[Knob::MinIdle], body: |c, a| Box::pin(min_idle_reached(c, a)) },
-        Scenario {
-            name: "killed_idle_not_handed_out",
-            needs: &[Knob::Reuse],
-            body: |c, a| Box::pin(killed_idle_not_handed_out(c, a)),
-        },
-        Scenario {
-            name: "slow_op_completes",
-            needs: &[Knob::OpTimeout],
-            body: |c, a| Box::pin(slow_op_completes(c, a)),
-        },
+        Scenario::new("acquire_release", &[], |c, a| Box::pin(acquire_release(c, a))),
+        Scenario::new("max_size_never_exceeded", &[Knob::MaxSize], |c, a| Box::pin(max_size_never_exceeded(c, a))),
+        Scenario::new("acquire_timeout_honoured", &[Knob::MaxSize, Knob::AcquireTimeout], |c, a| {
+            Box::pin(acquire_timeout_honoured(c, a))
+        }),
+        Scenario::new("min_idle_reached", &[Knob::MinIdle], |c, a| Box::pin(min_idle_reached(c, a))),
+        Scenario::new("killed_idle_not_handed_out", &[Knob::Reuse], |c, a| Box::pin(killed_idle_not_handed_out(c, a))),
+        Scenario::new("slow_op_completes", &[Knob::OpTimeout], |c, a| Box::pin(slow_op_completes(c, a))),
     ]
 }
 
-/// Registers the suite for `adapters` of service `S` — all a user's pool
-/// needs: `register_adapters(r, vec![Adapter::new(MyPool)])`. Scenarios
-/// needing a knob the adapter lacks are registered skipped with its reason.
+/// Registers the suite for `adapters` of service `S`. Scenarios needing a
+/// knob the adapter lacks are registered skipped with its reason.
 pub fn register_adapters<S: ServiceFixture>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
-    for sc in scenarios::<S>() {
-        for a in &adapters {
-            let name = format!("conformance::{}::{}[{}]", S::NAME, sc.name, a.name());
-            let (adapter, body) = (a.clone(), sc.body);
-            let def = r.test(name, S::tags(), move |ctx| body(ctx, adapter.clone()));
-            let caps = a.capabilities();
-            if let Some((knob, why)) = caps.missing(sc.needs) {
-                def.skip(format!("{} lacks {knob}: {why}", a.name()));
-            } else if let Some((_, _, reason)) = FINDINGS.iter().find(|(s, p, _)| *s == sc.name && *p == a.name()) {
-                def.ignore(*reason);
-            }
-        }
-    }
-}
-
-/// Polls `cond` every 5 ms until it holds; fails naming `what` after `deadline`.
-pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut cond: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if cond().await? {
-            return Ok(());
-        }
-        if Instant::now() >= end {
-            bail!("timed out after {deadline:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let prefix = format!("conformance::{}", S::NAME);
+    register_matrix(r, &prefix, S::tags(), scenarios::<S>(), &adapters, FINDINGS);
 }
 
 /// Builds `cfg` on a fresh target of the test's own.

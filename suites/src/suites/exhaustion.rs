@@ -1,5 +1,6 @@
-//! Pool exhaustion (`exhaustion::postgres::<case>[<adapter>]`, tags chaos,
-//! layer_3, postgres), the catalogue's seven cases:
+//! Pool exhaustion (`exhaustion::<service>::<case>[<adapter>]`, tags chaos,
+//! layer_3 and the service; any pool with a size, Postgres or Redis), the
+//! catalogue's seven cases:
 //!
 //! - `saturation_detected`: as checkouts are taken one by one, the pool's
 //!   status reports in use / size / waiters correctly, and size matches what
@@ -35,33 +36,31 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use poolstress_fixtures::{
     fault::{TaskKiller, Victims},
-    pool::{self, Adapter, Checkout, Knob, Op, Pool, PoolConfig, PoolError, Postgres},
+    pool::{Adapter, Checkout, Knob, Op, Pool, PoolConfig, PoolError, Service},
 };
 use poolstress_harness::{
     load::{Limit, OpTimer, Phase},
     tag, Classify, ErrorClass, Metric, Registry, TestCtx,
 };
 
-use super::{
-    chaos::ledger::{note_plan, pool_capacity_intact, pool_serves_again, watchdog},
-    conformance::{wait_until, Provided, ServiceFixture},
+use crate::kit::{
+    ledger::{note_plan, pool_capacity_intact, pool_serves_again, watchdog},
+    mark, wait_until, Finding, Needs, Provided, ServiceFixture,
 };
 
-const TAGS: &[&str] = &[tag::CHAOS, tag::LAYER_3, tag::POSTGRES];
+type Body<S> = fn(TestCtx, Adapter<S>) -> BoxFuture<'static, anyhow::Result<()>>;
 
-type Body = fn(TestCtx, Adapter<Postgres>) -> BoxFuture<'static, anyhow::Result<()>>;
-
-struct Case {
+struct Case<S: Service> {
     name: &'static str,
     /// The fault plan, noted with the seed (printed if the test fails).
     plan: &'static str,
     needs: &'static [Knob],
     /// Loads the shared server enough to disturb other tests' timings.
     exclusive: bool,
-    body: Body,
+    body: Body<S>,
 }
 
-fn cases() -> Vec<Case> {
+fn cases<S: ServiceFixture>() -> Vec<Case<S>> {
     vec![
         Case {
             name: "saturation_detected",
@@ -115,31 +114,30 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// A known finding: `(case, adapter, reason with the pool version)`.
-pub const FINDINGS: &[(&str, &str, &str)] = &[];
+/// Known findings in real pools: `(case, pool, reason)`.
+pub const FINDINGS: &[Finding] = &[];
 
-/// Registers the seven cases for every Postgres adapter.
-pub fn register(r: &mut Registry) {
-    for case in cases() {
-        for a in pool::postgres_adapters() {
-            let name = format!("exhaustion::postgres::{}[{}]", case.name, a.name());
+/// Registers the seven cases as `exhaustion::<service>::<case>[<pool>]`
+/// for `adapters` (any pool with a size; a user's pool too).
+pub fn register_adapters<S: ServiceFixture>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
+    let tags = [tag::CHAOS, tag::LAYER_3, S::NAME];
+    for case in cases::<S>() {
+        for a in &adapters {
+            let name = format!("exhaustion::{}::{}[{}]", S::NAME, case.name, a.name());
             let (body, adapter, plan) = (case.body, a.clone(), case.plan);
-            let def = r.test(name, TAGS, move |ctx| {
+            let def = r.test(name, &tags, move |ctx| {
                 note_plan(&ctx, &[plan.to_string()]);
                 body(ctx, adapter.clone())
             });
             def.exclusive(case.exclusive);
-            if let Some((knob, why)) = a.capabilities().missing(case.needs) {
-                def.skip(format!("{} lacks {knob}: {why}", a.name()));
-            } else if let Some((_, _, reason)) = FINDINGS.iter().find(|(c, p, _)| *c == case.name && *p == a.name()) {
-                def.ignore(*reason);
-            }
+            let skip = Needs::all(case.needs).missing(a.name(), &a.capabilities());
+            mark(def, case.name, a.name(), skip, FINDINGS);
         }
     }
 }
 
 /// `cfg` with the acquire timeout when the pool has it.
-fn config(a: &Adapter<Postgres>, max: usize, acquire: Duration) -> PoolConfig {
+fn config<S: Service>(a: &Adapter<S>, max: usize, acquire: Duration) -> PoolConfig {
     let cfg = PoolConfig::new(max);
     if a.capabilities().supports(Knob::AcquireTimeout) {
         cfg.acquire_timeout(acquire)
@@ -148,9 +146,9 @@ fn config(a: &Adapter<Postgres>, max: usize, acquire: Duration) -> PoolConfig {
     }
 }
 
-async fn setup(ctx: &TestCtx, a: &Adapter<Postgres>, cfg: &PoolConfig) -> anyhow::Result<(Provided<Postgres>, Pool)> {
-    ctx.step("providing the postgres server");
-    let fx = Postgres::provide(ctx).await?;
+async fn setup<S: ServiceFixture>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -> anyhow::Result<(Provided<S>, Pool)> {
+    ctx.step(format!("providing the {} server", S::NAME));
+    let fx = S::provide(ctx).await?;
     ctx.step(format!("building {} with {cfg:?}", a.name()));
     let pool = a.build(cfg, &fx.target).await.map_err(|e| anyhow!("building {} ({}): {e}", a.name(), a.version()))?;
     ctx.note(format!("{} ({}) with {cfg:?}", a.name(), a.version()));
@@ -170,7 +168,7 @@ async fn hold(pool: &Pool, n: usize) -> anyhow::Result<Vec<Checkout>> {
 
 // ---------------------------------------------------------------- saturation
 
-async fn saturation_detected(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
+async fn saturation_detected<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let max = 4;
     let cfg = config(&a, max, Duration::from_secs(3));
     let (fx, pool) = setup(&ctx, &a, &cfg).await?;
@@ -254,7 +252,7 @@ async fn saturation_detected(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Resu
 
 // ---------------------------------------------------------------- queue
 
-async fn queue_management(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
+async fn queue_management<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(300);
     let cfg = config(&a, 2, timeout);
     let (fx, pool) = setup(&ctx, &a, &cfg).await?;
@@ -361,7 +359,7 @@ async fn handle(pool: &Pool, key: u64) -> Result<Option<String>, ServiceError> {
     Ok(c.run(&Op::Read { key }).await.map_err(ServiceError::Failed)?.value().map(str::to_string))
 }
 
-async fn backpressure_signal(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
+async fn backpressure_signal<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(250);
     let (_fx, pool) = setup(&ctx, &a, &config(&a, 3, timeout)).await?;
     let name = a.name().to_string();
@@ -474,7 +472,7 @@ async fn careless(d: &LeakDetector) -> Result<(Tracked, u32), PoolError> {
     Ok((taken.await?, line))
 }
 
-async fn leak_detection(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
+async fn leak_detection<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let threshold = Duration::from_millis(200);
     let (_fx, pool) = setup(&ctx, &a, &config(&a, 3, Duration::from_secs(2))).await?;
     let name = a.name().to_string();
@@ -520,7 +518,7 @@ async fn leak_detection(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()
 /// (at 1.2x, about 83 % can succeed once the queue is full).
 const OVERLOAD: f64 = 1.2;
 
-async fn degrades_gracefully(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
+async fn degrades_gracefully<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let max = 4;
     let query = Duration::from_millis(20);
     let dur = ctx.profile().pick(Duration::from_secs(2), Duration::from_secs(30));
@@ -576,7 +574,7 @@ async fn degrades_gracefully(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Resu
 
 // ---------------------------------------------------------------- isolation
 
-async fn multi_service_isolation(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
+async fn multi_service_isolation<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let max = 3;
     let window = ctx.profile().pick(Duration::from_millis(800), Duration::from_secs(10));
     let (fx, pool_a) = setup(&ctx, &a, &config(&a, max, Duration::from_millis(150))).await?;
@@ -635,7 +633,7 @@ async fn multi_service_isolation(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::
 
 // ---------------------------------------------------------------- auto heal
 
-async fn auto_heals(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result<()> {
+async fn auto_heals<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let max = 4;
     let exhausted = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(5));
     let (fx, pool) = setup(&ctx, &a, &config(&a, max, Duration::from_millis(200))).await?;

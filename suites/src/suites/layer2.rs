@@ -42,20 +42,21 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context};
-use futures::future::BoxFuture;
 use poolstress_fixtures::{
-    fault::{FaultKind, FaultProxy},
-    pool::{self, Adapter, Knob, Op, Phase, Pool, PoolConfig, PoolError, Postgres, Redis, Service},
-    standin::{ConnectionSnapshot, Misbehaving, Misbehaviour, PgConfig, PgServer, RespConfig, RespServer, StandinCounter},
+    fault::FaultKind,
+    pool::{self, Adapter, Knob, Op, Phase, Pool, PoolConfig, PoolError},
+    standin::{Misbehaviour, StandinCounter},
 };
-use poolstress_harness::{tag, Classify, ErrorClass, Metric, Registry, TestCtx};
+use poolstress_harness::{Classify, ErrorClass, Metric, Registry, TestCtx};
+
+use crate::kit::{self, register_matrix, Finding, NetService, Scenario, Standin};
 
 /// Bounds every single operation or acquire in these tests (a hang is a failure, not a deadline).
 const WATCHDOG: Duration = Duration::from_secs(10);
 
 /// A known finding: `(scenario, adapter, reason)`; the test stays
 /// registered, is marked ignored with the reason, and fails when run.
-pub const FINDINGS: &[(&str, &str, &str)] = &[
+pub const FINDINGS: &[Finding] = &[
     (
         "slow_handshake_bounded",
         "redis-manager",
@@ -75,167 +76,33 @@ pub const FINDINGS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// A running stand-in of either kind.
-pub enum Standin {
-    /// The Postgres stand-in.
-    Pg(PgServer),
-    /// The Redis stand-in.
-    Redis(RespServer),
-}
-
-macro_rules! both {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self {
-            Standin::Pg($s) => $e,
-            Standin::Redis($s) => $e,
-        }
-    };
-}
-
-impl Standin {
-    fn counter(&self) -> StandinCounter {
-        both!(self, s => s.counter())
-    }
-    fn misbehave(&self, m: Misbehaviour) -> Misbehaving {
-        both!(self, s => s.misbehave(m))
-    }
-    fn misbehave_times(&self, m: Misbehaviour, n: u64) -> Misbehaving {
-        both!(self, s => s.misbehave_times(m, n))
-    }
-    fn kill_all(&self) -> usize {
-        both!(self, s => s.kill_all())
-    }
-    fn connections(&self) -> Vec<ConnectionSnapshot> {
-        both!(self, s => s.connections())
-    }
-    fn accepted(&self) -> u64 {
-        both!(self, s => s.accepted())
-    }
-    async fn wait_count(&self, pred: impl Fn(u64) -> bool, timeout: Duration) -> Result<u64, u64> {
-        match self {
-            Standin::Pg(s) => s.wait_count(pred, timeout).await,
-            Standin::Redis(s) => s.wait_count(pred, timeout).await,
-        }
-    }
-}
-
-/// A service that has a stand-in.
-pub trait OnStandin: Service + Sized {
-    /// The tags of its layer_2 tests.
-    fn tags() -> &'static [&'static str];
-    /// A stand-in named after the test, and the target pools connect to.
-    fn start(ctx: &TestCtx) -> anyhow::Result<(Standin, Self::Target)>;
-    /// The same target reached through a fault proxy.
-    fn proxied<'a>(ctx: &'a TestCtx, target: &'a Self::Target) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>>;
-}
-
-impl OnStandin for Postgres {
-    fn tags() -> &'static [&'static str] {
-        &[tag::LAYER_2, tag::POSTGRES]
-    }
-    fn start(ctx: &TestCtx) -> anyhow::Result<(Standin, Self::Target)> {
-        let s = PgServer::start(PgConfig::named(ctx.slug())).map_err(|e| e.into_fixture_failure())?;
-        let t = s.target();
-        Ok((Standin::Pg(s), t))
-    }
-    fn proxied<'a>(ctx: &'a TestCtx, target: &'a Self::Target) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>> {
-        Box::pin(async move { Ok(FaultProxy::for_pg(ctx, target).await?) })
-    }
-}
-
-impl OnStandin for Redis {
-    fn tags() -> &'static [&'static str] {
-        &[tag::LAYER_2, tag::REDIS]
-    }
-    fn start(ctx: &TestCtx) -> anyhow::Result<(Standin, Self::Target)> {
-        let s = RespServer::start(RespConfig::named(ctx.slug())).map_err(|e| e.into_fixture_failure())?;
-        let t = s.target();
-        Ok((Standin::Redis(s), t))
-    }
-    fn proxied<'a>(ctx: &'a TestCtx, target: &'a Self::Target) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>> {
-        Box::pin(async move { Ok(FaultProxy::for_redis(ctx, target).await?) })
-    }
-}
-
-/// Registers the suite.
-pub fn register(r: &mut Registry) {
-    register_adapters(r, pool::postgres_adapters());
-    register_adapters(r, pool::redis_adapters());
-}
-
-type Body<S> = fn(TestCtx, Adapter<S>) -> BoxFuture<'static, anyhow::Result<()>>;
-
-struct Scenario<S: OnStandin> {
-    name: &'static str,
-    /// Knobs it needs (all of them).
-    needs: &'static [Knob],
-    /// Knobs it needs one of.
-    needs_one_of: &'static [Knob],
-    body: Body<S>,
-}
-
-fn scenarios<S: OnStandin>() -> Vec<Scenario<S>> {
+fn scenarios<S: NetService>() -> Vec<Scenario<S>> {
     vec![
-        Scenario { name: "ops_accounted", needs: &[], needs_one_of: &[], body: |c, a| Box::pin(ops_accounted(c, a)) },
-        Scenario { name: "kill_recovers", needs: &[Knob::Reuse], needs_one_of: &[], body: |c, a| Box::pin(kill_recovers(c, a)) },
-        Scenario {
-            name: "cut_reply_is_connection_broken",
-            needs: &[],
-            needs_one_of: &[],
-            body: |c, a| Box::pin(cut_reply(c, a)),
-        },
-        Scenario { name: "stall_then_heal", needs: &[], needs_one_of: &[], body: |c, a| Box::pin(stall_then_heal(c, a)) },
-        Scenario { name: "refused_auth_then_heal", needs: &[], needs_one_of: &[], body: |c, a| Box::pin(refused_auth(c, a)) },
-        Scenario {
-            name: "slow_handshake_bounded",
-            needs: &[],
-            needs_one_of: &[Knob::ConnectTimeout, Knob::AcquireTimeout],
-            body: |c, a| Box::pin(slow_handshake(c, a)),
-        },
-        Scenario { name: "through_fault_proxy", needs: &[], needs_one_of: &[], body: |c, a| Box::pin(through_proxy(c, a)) },
+        Scenario::new("ops_accounted", &[], |c, a| Box::pin(ops_accounted(c, a))),
+        Scenario::new("kill_recovers", &[Knob::Reuse], |c, a| Box::pin(kill_recovers(c, a))),
+        Scenario::new("cut_reply_is_connection_broken", &[], |c, a| Box::pin(cut_reply(c, a))),
+        Scenario::new("stall_then_heal", &[], |c, a| Box::pin(stall_then_heal(c, a))),
+        Scenario::new("refused_auth_then_heal", &[], |c, a| Box::pin(refused_auth(c, a))),
+        Scenario::new("slow_handshake_bounded", &[], |c, a| Box::pin(slow_handshake(c, a)))
+            .needs_one_of(&[Knob::ConnectTimeout, Knob::AcquireTimeout]),
+        Scenario::new("through_fault_proxy", &[], |c, a| Box::pin(through_proxy(c, a))),
     ]
 }
 
-/// Registers every scenario for `adapters` (a user's pool too:
-/// `register_adapters(r, vec![Adapter::new(MyPool)])`).
-pub fn register_adapters<S: OnStandin>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
-    for sc in scenarios::<S>() {
-        for a in &adapters {
-            let name = format!("layer2::{}::{}[{}]", S::NAME, sc.name, a.name());
-            let (adapter, body) = (a.clone(), sc.body);
-            let def = r.test(name, S::tags(), move |ctx| body(ctx, adapter.clone()));
-            let caps = a.capabilities();
-            if let Some((knob, why)) = caps.missing(sc.needs) {
-                def.skip(format!("{} lacks {knob}: {why}", a.name()));
-            } else if !sc.needs_one_of.is_empty() && sc.needs_one_of.iter().all(|k| !caps.supports(*k)) {
-                let names: Vec<&str> = sc.needs_one_of.iter().map(|k| k.name()).collect();
-                def.skip(format!("{} has none of {}", a.name(), names.join(", ")));
-            } else if let Some((_, _, reason)) = FINDINGS.iter().find(|(s, p, _)| *s == sc.name && *p == a.name()) {
-                def.ignore(*reason);
-            }
-        }
-    }
+/// Registers every scenario for `adapters` (a user's pool too).
+pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
+    let prefix = format!("layer2::{}", S::NAME);
+    register_matrix(r, &prefix, S::STANDIN_TAGS, scenarios::<S>(), &adapters, FINDINGS);
 }
 
 /// `cfg` with the knobs the adapter supports among those asked for.
-fn config<S: OnStandin>(a: &Adapter<S>, max: usize, acquire: Option<Duration>, connect: Option<Duration>, op: Option<Duration>) -> PoolConfig {
-    let caps = a.capabilities();
-    let mut cfg = PoolConfig::new(max);
-    if let (Some(d), true) = (acquire, caps.supports(Knob::AcquireTimeout)) {
-        cfg = cfg.acquire_timeout(d);
-    }
-    if let (Some(d), true) = (connect, caps.supports(Knob::ConnectTimeout)) {
-        cfg = cfg.connect_timeout(d);
-    }
-    if let (Some(d), true) = (op, caps.supports(Knob::OpTimeout)) {
-        cfg = cfg.op_timeout(d);
-    }
-    cfg
+fn config<S: NetService>(a: &Adapter<S>, max: usize, acquire: Option<Duration>, connect: Option<Duration>, op: Option<Duration>) -> PoolConfig {
+    kit::fit(&a.capabilities(), max, acquire, connect, op)
 }
 
-async fn setup<S: OnStandin>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -> anyhow::Result<(Standin, Pool)> {
+async fn setup<S: NetService>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -> anyhow::Result<(Standin, Pool)> {
     ctx.step(format!("starting a {} stand-in", S::NAME));
-    let (server, target) = S::start(ctx)?;
+    let (server, target) = S::start_standin(ctx)?;
     ctx.step(format!("building {} with {cfg:?}", a.name()));
     let pool = a.build(cfg, &target).await.with_context(|| format!("building {} ({}) against the stand-in", a.name(), a.version()))?;
     ctx.note(format!("{} ({}) with {cfg:?} on the {} stand-in", a.name(), a.version(), S::NAME));
@@ -312,7 +179,7 @@ impl Sampler {
     }
 }
 
-async fn ops_accounted<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+async fn ops_accounted<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     const MAX: usize = 4;
     const WORKERS: usize = 8;
     let caps = a.capabilities();
@@ -414,7 +281,7 @@ async fn ops_accounted<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Res
     Ok(())
 }
 
-async fn kill_recovers<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+async fn kill_recovers<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     const MAX: usize = 3;
     let cfg = config(&a, MAX, Some(Duration::from_secs(5)), Some(Duration::from_secs(5)), None);
     let (server, pool) = setup(&ctx, &a, &cfg).await?;
@@ -457,7 +324,7 @@ async fn kill_recovers<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Res
     Ok(())
 }
 
-async fn cut_reply<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+async fn cut_reply<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let cfg = config(&a, 2, Some(Duration::from_secs(5)), Some(Duration::from_secs(5)), None);
     let (server, pool) = setup(&ctx, &a, &cfg).await?;
     run(&pool, &Op::Ping).await??;
@@ -490,7 +357,7 @@ async fn cut_reply<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<
     Ok(())
 }
 
-async fn stall_then_heal<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+async fn stall_then_heal<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     const OP_TIMEOUT: Duration = Duration::from_millis(300);
     let caps = a.capabilities();
     let cfg = config(&a, 2, Some(Duration::from_secs(5)), Some(Duration::from_secs(5)), Some(OP_TIMEOUT));
@@ -546,7 +413,7 @@ async fn stall_then_heal<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::R
     Ok(())
 }
 
-async fn refused_auth<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+async fn refused_auth<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let cfg = config(&a, 2, Some(Duration::from_secs(1)), Some(Duration::from_secs(1)), None);
     let (server, pool) = setup(&ctx, &a, &cfg).await?;
     run(&pool, &Op::Ping).await??;
@@ -590,7 +457,7 @@ async fn refused_auth<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Resu
     Ok(())
 }
 
-async fn slow_handshake<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+async fn slow_handshake<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     const CONNECT: Duration = Duration::from_millis(300);
     const ACQUIRE: Duration = Duration::from_millis(800);
     let cfg = config(&a, 2, Some(ACQUIRE), Some(CONNECT), None);
@@ -636,11 +503,11 @@ async fn slow_handshake<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Re
     Ok(())
 }
 
-async fn through_proxy<S: OnStandin>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+async fn through_proxy<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     const LATENCY: Duration = Duration::from_millis(50);
     ctx.step(format!("starting a {} stand-in behind the fault proxy", S::NAME));
-    let (server, target) = S::start(&ctx)?;
-    let (proxy, via) = S::proxied(&ctx, &target).await?;
+    let (server, target) = S::start_standin(&ctx)?;
+    let (proxy, via) = S::proxy(&ctx, &target).await?;
     let cfg = config(&a, 2, Some(Duration::from_secs(5)), Some(Duration::from_secs(5)), None);
     let pool = a.build(&cfg, &via).await.with_context(|| format!("building {} through the proxy", a.name()))?;
     run(&pool, &Op::Write { key: 1, value: "x".into() }).await??;

@@ -1,9 +1,14 @@
-//! poolstress's suites, one module per group.
+//! poolstress's suites, one module per suite. A suite imports the kit
+//! ([`crate::kit`]), the harness and the fixtures, never another suite.
+//!
+//! The suites that apply to any pool are registered per pool by
+//! [`crate::register_pool`]; [`register`] adds them for the built-in pools
+//! and registers poolstress's own checks (servers, faults, the load
+//! generator, broken pools caught, the gate).
 
 use poolstress_harness::Registry;
 
 pub mod bench;
-pub mod broken;
 pub mod chaos;
 pub mod conformance;
 pub mod exhaustion;
@@ -15,18 +20,14 @@ pub mod stress_edge;
 pub mod stress_pg;
 pub mod stress_redis;
 
-/// Registers every suite.
+/// Registers every suite for every built-in pool, and poolstress's own checks.
 pub fn register(r: &mut Registry) {
-    bench::register(r);
-    broken::register(r);
-    chaos::register(r);
-    conformance::register(r);
-    exhaustion::register(r);
+    crate::register::register_builtin_pools(r);
+    bench::register_gate(r);
+    chaos::register_selftests(r);
     faults::register(r);
     harness_bench::register(r);
-    layer2::register(r);
     smoke::register(r);
-    stress_edge::register(r);
-    stress_pg::register(r);
-    stress_redis::register(r);
+    stress_edge::register_tls_driver(r);
+    stress_pg::broken::register(r);
 }

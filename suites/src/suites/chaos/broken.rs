@@ -24,11 +24,8 @@ use poolstress_fixtures::pool::{
 };
 use poolstress_harness::{tag, Registry, TestCtx};
 
-use super::{
-    bed::{ChaosService, Rig},
-    cancel::cancel_holding,
-    kills::kill_60pct_workers,
-};
+use super::{cancel::cancel_holding, kills::kill_60pct_workers};
+use crate::kit::{NetService, Rig};
 
 /// Set to register the raw (failing) broken scenarios.
 pub const RAW_ENV: &str = "POOLSTRESS_CHAOS_RAW_BROKEN";
@@ -204,7 +201,7 @@ pub fn register(r: &mut Registry) {
     }
 }
 
-fn standin_pair<S: ChaosService>(a: Adapter<S>, service: &'static str) -> (Rig, Rig, Vec<&'static str>) {
+fn standin_pair<S: NetService>(a: Adapter<S>, service: &'static str) -> (Rig, Rig, Vec<&'static str>) {
     (
         Rig::standin(LosesCapacity::wrap(a.clone())),
         Rig::standin(NeverReconnects::wrap(a)),

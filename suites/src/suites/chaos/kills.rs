@@ -12,7 +12,7 @@ use poolstress_fixtures::{
 };
 use poolstress_harness::{ErrorClass, Metric, TestCtx};
 
-use super::{
+use crate::kit::{
     bed::{Rig, Sampler},
     ledger::{after_fault, note_plan, size_probe, start_chunked},
 };

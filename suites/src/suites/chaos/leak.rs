@@ -19,9 +19,9 @@ use poolstress_harness::{
     ErrorClass, Metric, TestCtx,
 };
 
-use crate::suites::conformance::wait_until;
+use crate::kit::wait_until;
 
-use super::{
+use crate::kit::{
     bed::{Rig, Sampler},
     ledger::{after_fault, note_plan, start_load_with, Keep},
 };

@@ -35,26 +35,23 @@
 //! on their own proxy, their own connections (by name) or their own
 //! stand-in, and may run beside other tests.
 
-pub mod bed;
 pub mod broken;
 pub mod cancel;
 pub mod kills;
 pub mod leak;
-pub mod ledger;
 pub mod open_loop;
 pub mod overlap;
 pub mod partition;
 pub mod replay;
 
 use futures::future::BoxFuture;
-use poolstress_fixtures::pool::{self, Knob};
+use poolstress_fixtures::pool::{Adapter, Knob};
 use poolstress_harness::{tag, Registry, TestCtx};
 
-use self::bed::{Layer, Rig};
+use crate::kit::{mark, Finding, Layer, Needs, NetService, Rig};
 
-/// A known finding: `(test name, reason with the pool version)`. The test
-/// stays registered, fails when run, and is marked ignored with the reason.
-pub const FINDINGS: &[(&str, &str)] = &[];
+/// Known findings in real pools: `(scenario, pool, reason)`.
+pub const FINDINGS: &[Finding] = &[];
 
 type Body = fn(TestCtx, Rig) -> BoxFuture<'static, anyhow::Result<()>>;
 
@@ -137,19 +134,10 @@ fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// Every rig: the mock at layer_1, each Postgres and Redis adapter at
-/// layers 2 and 3.
-fn rigs() -> Vec<Rig> {
-    let mut v: Vec<Rig> = pool::mock_adapters().into_iter().map(Rig::mock).collect();
-    for a in pool::postgres_adapters() {
-        v.push(Rig::standin(a.clone()));
-        v.push(Rig::real(a));
-    }
-    for a in pool::redis_adapters() {
-        v.push(Rig::standin(a.clone()));
-        v.push(Rig::real(a));
-    }
-    v
+/// The rigs of a network pool: on the stand-in (layer_2) and on the real
+/// server (layer_3).
+pub fn rigs_for<S: NetService>(a: Adapter<S>) -> Vec<Rig> {
+    vec![Rig::standin(a.clone()), Rig::real(a)]
 }
 
 /// The test name of `scenario` on `rig`.
@@ -168,22 +156,23 @@ fn tags(rig: &Rig) -> Vec<&'static str> {
     t
 }
 
-/// Registers the chaos suite.
-pub fn register(r: &mut Registry) {
-    let rigs = rigs();
+/// Registers the chaos suite's self-tests (broken pools caught, replay).
+pub fn register_selftests(r: &mut Registry) {
+    broken::register(r);
+    replay::register(r);
+}
+
+/// Registers every scenario on `rigs` at the layers it runs at (a user's
+/// pool: `register_rigs(r, rigs_for(Adapter::new(MyPool)))`).
+pub fn register_rigs(r: &mut Registry, rigs: Vec<Rig>) {
     for sc in scenarios() {
         for rig in rigs.iter().filter(|g| sc.layers.contains(&g.layer)) {
             let name = test_name(sc.name, rig);
             let (body, rig2) = (sc.body, rig.clone());
-            let def = r.test(name.clone(), &tags(rig), move |ctx| body(ctx, rig2.clone()));
+            let def = r.test(name, &tags(rig), move |ctx| body(ctx, rig2.clone()));
             def.exclusive(sc.exclusive && rig.layer == Layer::L3);
-            if let Some((knob, why)) = rig.caps.missing(sc.needs) {
-                def.skip(format!("{} lacks {knob}: {why}", rig.adapter));
-            } else if let Some((_, reason)) = FINDINGS.iter().find(|(n, _)| *n == name) {
-                def.ignore(*reason);
-            }
+            let skip = Needs::all(sc.needs).missing(&rig.adapter, &rig.caps);
+            mark(def, sc.name, &rig.adapter, skip, FINDINGS);
         }
     }
-    broken::register(r);
-    replay::register(r);
 }

@@ -23,7 +23,7 @@ use poolstress_fixtures::{
 };
 use poolstress_harness::{load::Phase, ErrorClass, Metric, TestCtx};
 
-use super::{
+use crate::kit::{
     bed::{Bed, Rig, Sampler},
     ledger::{after_fault, start_load, Ledger},
 };

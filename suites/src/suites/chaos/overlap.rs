@@ -9,7 +9,7 @@ use anyhow::{ensure, Context};
 use poolstress_fixtures::fault::{FaultWindow, Schedule};
 use poolstress_harness::TestCtx;
 
-use super::{
+use crate::kit::{
     bed::{Rig, Sampler},
     ledger::{after_fault, size_probe, start_chunked},
 };

@@ -11,7 +11,7 @@ use anyhow::ensure;
 use poolstress_fixtures::{fault::FaultWindow, pool::Knob};
 use poolstress_harness::TestCtx;
 
-use super::{
+use crate::kit::{
     bed::{Rig, Sampler},
     ledger::{after_fault, note_plan, size_probe, start_chunked},
 };
@@ -80,7 +80,7 @@ pub async fn partition_then_heal(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
 
 fn partition_kind(rig: &Rig) -> &'static str {
     match rig.layer {
-        super::bed::Layer::L1 => "mock connections broken, creates refused",
+        crate::kit::Layer::L1 => "mock connections broken, creates refused",
         _ => "fault proxy blackhole: every byte held",
     }
 }

@@ -20,13 +20,16 @@ use poolstress_fixtures::{
 use poolstress_harness::{tag, Classify, ErrorClass, Metric, Registry, TestCtx};
 use tokio_postgres::config::SslMode;
 
-use super::{tls, EdgeService};
-use crate::suites::stress_redis::support::{budget_max, ms, Tune};
+use super::tls;
+use crate::kit::{
+    support::{budget_max, ms},
+    NetService, Tune,
+};
 
 /// Reserved by RFC 6761: never resolves, on any resolver.
 pub(super) const UNRESOLVABLE: &str = "poolstress-does-not-exist.invalid";
 
-pub(super) async fn unresolvable_host<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn unresolvable_host<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let bound = Duration::from_secs(6);
     ctx.step(format!("providing a {} target", S::NAME));
     let fx = S::provide(&ctx).await?;
@@ -90,9 +93,9 @@ fn check_error(name: &str, e: &PoolError) -> anyhow::Result<()> {
     }
 }
 
-/// `stress::edge::tls_overhead[tokio-postgres]`.
+/// `stress::edge::postgres::tls_overhead[tokio-postgres]`.
 pub(super) fn register_tls_driver(r: &mut Registry) {
-    r.test("stress::edge::tls_overhead[tokio-postgres]", &[tag::STRESS, tag::LAYER_3, tag::POSTGRES], tls_overhead);
+    r.test("stress::edge::postgres::tls_overhead[tokio-postgres]", &[tag::STRESS, tag::LAYER_3, tag::POSTGRES], tls_overhead);
 }
 
 async fn tls_overhead(ctx: TestCtx) -> anyhow::Result<()> {

@@ -17,13 +17,12 @@ use poolstress_fixtures::{
 };
 use poolstress_harness::{load::Phase, Classify, Metric, TestCtx};
 
-use super::EdgeService;
-use crate::suites::{
-    conformance::wait_until,
-    stress_redis::support::{accounted, build, ms, pool_op, setup, Tune},
+use crate::kit::{
+    support::{accounted, build, ms, pool_op, setup},
+    wait_until, NetService, Tune,
 };
 
-pub(super) async fn high_network_latency<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn high_network_latency<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let (n, latency) = (20u64, Duration::from_millis(500));
     ctx.step(format!("providing a {} server behind a fault proxy", S::NAME));
     let fx = S::provide(&ctx).await?;
@@ -58,7 +57,7 @@ pub(super) async fn high_network_latency<S: EdgeService>(ctx: TestCtx, a: Adapte
     Ok(())
 }
 
-pub(super) async fn slow_queries_do_not_starve_fast<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn slow_queries_do_not_starve_fast<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let slow = ctx.profile().pick(Duration::from_millis(800), Duration::from_secs(2));
     let (n_slow, n_fast, fast_budget) = (5, 10, Duration::from_millis(500));
     let caps = a.capabilities();

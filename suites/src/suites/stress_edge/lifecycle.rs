@@ -34,13 +34,12 @@ use poolstress_harness::{
     Classify, ErrorClass, Metric, TestCtx,
 };
 
-use super::EdgeService;
-use crate::suites::{
-    conformance::wait_until,
-    stress_redis::support::{accounted, build, monitor, ms, setup, Tune},
+use crate::kit::{
+    support::{accounted, build, monitor, ms, setup},
+    wait_until, NetService, Tune,
 };
 
-pub(super) async fn close_while_active<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn close_while_active<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let long = ctx.profile().pick(Duration::from_millis(600), Duration::from_secs(2));
     let caps = a.capabilities();
     let cfg =
@@ -115,7 +114,7 @@ pub(super) async fn close_while_active<S: EdgeService>(ctx: TestCtx, a: Adapter<
     Ok(())
 }
 
-pub(super) async fn resize_during_use<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn resize_during_use<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let (workers, n) = (8, ctx.profile().pick(400u64, 2_000));
     let caps = a.capabilities();
     let small = Tune::new(&caps, 5).min_idle(2).acquire_timeout(Duration::from_secs(5)).done();
@@ -205,7 +204,7 @@ pub(super) async fn resize_during_use<S: EdgeService>(ctx: TestCtx, a: Adapter<S
     Ok(())
 }
 
-pub(super) async fn acquire_timeout_precision<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn acquire_timeout_precision<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let timeouts: &[u64] = ctx.profile().pick(&[100, 500], &[100, 500, 1000]);
     let slack = Duration::from_millis(100);
     ctx.step(format!("providing a {} server", S::NAME));
@@ -251,7 +250,7 @@ pub(super) async fn acquire_timeout_precision<S: EdgeService>(ctx: TestCtx, a: A
     Ok(())
 }
 
-pub(super) async fn broken_connection_not_reused<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn broken_connection_not_reused<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let cfg = Tune::new(&a.capabilities(), 1).acquire_timeout(Duration::from_secs(5)).done();
     let (fx, pool) = setup(&ctx, &a, cfg).await?;
     let name = a.name();

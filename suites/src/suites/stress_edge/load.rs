@@ -19,15 +19,14 @@ use poolstress_harness::{
     Metric, TestCtx,
 };
 
-use super::EdgeService;
-use crate::suites::{
-    conformance::wait_until,
-    stress_redis::support::{accounted, budget_max, monitor, pool_op, setup, Tune},
+use crate::kit::{
+    support::{accounted, budget_max, monitor, pool_op, setup},
+    wait_until, NetService, Tune,
 };
 
 /// Pools that grow with load but have no idle timeout never return to their
 /// baseline size by themselves.
-pub(super) fn cannot_shrink<S: EdgeService>(a: &Adapter<S>) -> Option<String> {
+pub(super) fn cannot_shrink<S: NetService>(a: &Adapter<S>) -> Option<String> {
     let caps = a.capabilities();
     match caps.unsupported_reason(Knob::IdleTimeout) {
         Some(why) if caps.supports(Knob::MaxSize) => Some(format!(
@@ -38,7 +37,7 @@ pub(super) fn cannot_shrink<S: EdgeService>(a: &Adapter<S>) -> Option<String> {
     }
 }
 
-pub(super) async fn connection_spike<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn connection_spike<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let (base, peak, hold, idle) = (20.0, 200.0, Duration::from_millis(40), Duration::from_millis(500));
     let each = ctx.profile().pick(Duration::from_millis(300), Duration::from_secs(5));
     let caps = a.capabilities();
@@ -92,7 +91,7 @@ pub(super) async fn connection_spike<S: EdgeService>(ctx: TestCtx, a: Adapter<S>
     Ok(())
 }
 
-pub(super) async fn connection_churn<S: EdgeService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+pub(super) async fn connection_churn<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
     let (max, n) = (4, ctx.profile().pick(200, 500));
     let caps = a.capabilities();
     let cfg = Tune::new(&caps, max).acquire_timeout(Duration::from_secs(5)).done();

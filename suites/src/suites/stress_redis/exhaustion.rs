@@ -23,8 +23,9 @@ use poolstress_harness::{
     ErrorClass, Metric, TestCtx,
 };
 
-use super::support::{
-    accounted, budget_max, check_server_peak, monitor, ms, pool_op, setup, wait_drained, Scenario, Tune,
+use crate::kit::{
+    support::{accounted, budget_max, check_server_peak, monitor, ms, pool_op, setup, wait_drained},
+    Scenario, Tune,
 };
 
 pub(super) fn scenarios() -> Vec<Scenario<Redis>> {

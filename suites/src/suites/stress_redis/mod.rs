@@ -15,25 +15,19 @@
 //! (11–15), [`resources`] (16–20; exclusive, because they read this
 //! process's fds and RSS).
 
-use poolstress_fixtures::pool::{self, Adapter, Redis};
+use poolstress_fixtures::pool::{Adapter, Redis};
 use poolstress_harness::Registry;
 
 mod exhaustion;
 mod performance;
 mod recovery;
 mod resources;
-pub(crate) mod support;
 
-use support::{Finding, Scenario};
+use crate::kit::{register_matrix, Finding, Scenario, ServiceFixture};
 
 /// Known findings in real pools: `(scenario, adapter, reason)`. The test
 /// stays registered, fails when run, and is marked ignored with the reason.
 pub const FINDINGS: &[Finding] = &[];
-
-/// Registers the suite for every built-in Redis adapter.
-pub fn register(r: &mut Registry) {
-    register_adapters(r, pool::redis_adapters());
-}
 
 /// Registers the suite for `adapters` (a user's Redis pool too).
 pub fn register_adapters(r: &mut Registry, adapters: Vec<Adapter<Redis>>) {
@@ -42,5 +36,5 @@ pub fn register_adapters(r: &mut Registry, adapters: Vec<Adapter<Redis>>) {
     table.extend(performance::scenarios());
     table.extend(recovery::scenarios());
     table.extend(resources::scenarios());
-    support::register_table(r, "stress::redis", table, &adapters, FINDINGS);
+    register_matrix(r, "stress::redis", Redis::tags(), table, &adapters, FINDINGS);
 }

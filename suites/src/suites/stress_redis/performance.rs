@@ -21,8 +21,9 @@ use poolstress_harness::{
     tag, ErrorClass, Metric, TestCtx,
 };
 
-use super::support::{
-    accounted, budget_max, budget_min, build, check_server_peak, monitor, pool_op, setup, Scenario, Tune,
+use crate::kit::{
+    support::{accounted, budget_max, budget_min, build, check_server_peak, monitor, pool_op, setup},
+    Scenario, Tune,
 };
 
 const BENCH: &[&str] = &[tag::BENCHMARK];

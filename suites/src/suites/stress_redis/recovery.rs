@@ -34,9 +34,11 @@ use poolstress_harness::{
     Classify, Metric, TestCtx,
 };
 
-use super::support::{accounted, budget_max, build, ms, pool_op, setup, Scenario, Tune};
 use crate::{
-    suites::conformance::{wait_until, ServiceFixture},
+    kit::{
+        support::{accounted, budget_max, build, ms, pool_op, setup},
+        wait_until, Scenario, ServiceFixture, Tune,
+    },
     util::{cache_or_compute, retry, BreakerError, BreakerState, CircuitBreaker, Fallback, Retry},
 };
 

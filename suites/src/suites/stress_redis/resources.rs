@@ -36,8 +36,10 @@ use poolstress_harness::{
     ConnectionCounter, Metric, TestCtx,
 };
 
-use super::support::{accounted, build, fd_listing, fds_added, monitor, pool_op, Scenario, Tune};
-use crate::suites::conformance::{wait_until, ServiceFixture};
+use crate::kit::{
+    support::{accounted, build, fd_listing, fds_added, monitor, pool_op},
+    wait_until, Scenario, ServiceFixture, Tune,
+};
 
 pub(super) fn scenarios() -> Vec<Scenario<Redis>> {
     vec![

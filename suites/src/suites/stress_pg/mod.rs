@@ -28,6 +28,7 @@
 //! so other suites run them too (the deliberately broken pools of
 //! [`crate::suites::broken`] must make them fail).
 
+pub mod broken;
 pub mod concurrency;
 pub mod configuration;
 pub mod exhaustion;
@@ -53,7 +54,7 @@ use poolstress_harness::{
 };
 use tokio::task::JoinHandle;
 
-use super::conformance::{wait_until, ServiceFixture};
+use crate::kit::{wait_until, ServiceFixture};
 
 /// Tags of every scenario.
 pub const TAGS: &[&str] = &[tag::STRESS, tag::LAYER_3, tag::POSTGRES];
@@ -143,11 +144,6 @@ pub fn scenarios() -> Vec<Scenario> {
 /// The scenario called `name`.
 pub fn scenario(name: &str) -> Option<Scenario> {
     scenarios().into_iter().find(|s| s.name == name)
-}
-
-/// Registers the catalogue for every built-in Postgres adapter.
-pub fn register(r: &mut Registry) {
-    register_adapters(r, pool::postgres_adapters());
 }
 
 /// Registers the catalogue for `adapters` (a user's pool too). A scenario

@@ -613,7 +613,7 @@ pub async fn server_side_bounded(bed: &Bed, max_seen: u64, killed: usize) -> any
         bed.what()
     );
     let last = std::sync::atomic::AtomicU64::new(0);
-    let settled = crate::suites::conformance::wait_until("server-side connections back at max_size", Duration::from_secs(5), || async {
+    let settled = super::service::wait_until("server-side connections back at max_size", Duration::from_secs(5), || async {
         let n = bed.server_count().await?;
         last.store(n, std::sync::atomic::Ordering::Relaxed);
         Ok(n <= max)

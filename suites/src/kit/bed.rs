@@ -27,15 +27,15 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use poolstress_fixtures::{
     fault::{kill_pg_backends, kill_redis_clients, ChaosEnv, FaultGuard, FaultKind, FaultProxy, FaultSpec, Victims},
-    pool::{Adapter, Capabilities, Knob, Mock, MockServer, Pool, PoolConfig, Postgres, Redis, Service},
-    service::{self, ServerControl},
+    pool::{Adapter, Capabilities, Knob, Mock, MockServer, Pool, PoolConfig, Service},
+    service::ServerControl,
     standin::ConnectionSnapshot,
     PgTarget, RedisTarget,
 };
 use poolstress_harness::{mock::MockPool, tag, ConnectionCounter, TestCtx};
 use rand::rngs::StdRng;
 
-use crate::suites::layer2::{OnStandin, Standin};
+use super::service::{NetService, Standin};
 
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,7 +104,7 @@ impl Rig {
     }
 
     /// `adapter` on a stand-in through the fault proxy (layer_2).
-    pub fn standin<S: ChaosService>(a: Adapter<S>) -> Self {
+    pub fn standin<S: NetService>(a: Adapter<S>) -> Self {
         let build: Build = {
             let a = a.clone();
             Arc::new(move |ctx: TestCtx, cfg: PoolConfig| -> BoxFuture<'static, anyhow::Result<Bed>> {
@@ -116,7 +116,7 @@ impl Rig {
     }
 
     /// `adapter` on the run's real server through the fault proxy (layer_3).
-    pub fn real<S: ChaosService>(a: Adapter<S>) -> Self {
+    pub fn real<S: NetService>(a: Adapter<S>) -> Self {
         let build: Build = {
             let a = a.clone();
             Arc::new(move |ctx: TestCtx, cfg: PoolConfig| -> BoxFuture<'static, anyhow::Result<Bed>> {
@@ -141,17 +141,7 @@ impl Rig {
         connect: Option<Duration>,
         op: Option<Duration>,
     ) -> PoolConfig {
-        let mut cfg = PoolConfig::new(max);
-        if let (Some(d), true) = (acquire, self.supports(Knob::AcquireTimeout)) {
-            cfg = cfg.acquire_timeout(d);
-        }
-        if let (Some(d), true) = (connect, self.supports(Knob::ConnectTimeout)) {
-            cfg = cfg.connect_timeout(d);
-        }
-        if let (Some(d), true) = (op, self.supports(Knob::OpTimeout)) {
-            cfg = cfg.op_timeout(d);
-        }
-        cfg
+        super::fit(&self.caps, max, acquire, connect, op)
     }
 
     /// Builds the bed with `cfg`.
@@ -172,7 +162,7 @@ pub struct Killed {
     pub chosen: bool,
 }
 
-enum Killer {
+pub(crate) enum Killer {
     Mock(MockServer),
     Standin(Arc<Standin>, String),
     Pg(PgTarget, String),
@@ -259,9 +249,9 @@ impl Bed {
         })
     }
 
-    async fn standin<S: ChaosService>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -> anyhow::Result<Bed> {
-        let (server, target) = S::start(ctx)?;
-        let (proxy, via) = S::proxied(ctx, &target).await?;
+    async fn standin<S: NetService>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -> anyhow::Result<Bed> {
+        let (server, target) = S::start_standin(ctx)?;
+        let (proxy, via) = S::proxy(ctx, &target).await?;
         let pool = a.build(cfg, &via).await.with_context(|| format!("building {} against the stand-in", a.name()))?;
         ctx.note(format!(
             "{} ({}) with {cfg:?} at layer_2 ({} stand-in through the fault proxy)",
@@ -289,9 +279,9 @@ impl Bed {
         })
     }
 
-    async fn real<S: ChaosService>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -> anyhow::Result<Bed> {
+    async fn real<S: NetService>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -> anyhow::Result<Bed> {
         let real = S::real(ctx).await?;
-        let (proxy, via) = S::proxied(ctx, &real.target).await?;
+        let (proxy, via) = S::proxy(ctx, &real.target).await?;
         let pool = a.build(cfg, &via).await.with_context(|| format!("building {} ({})", a.name(), a.version()))?;
         ctx.note(format!(
             "{} ({}) with {cfg:?} at layer_3 (real {} through the fault proxy)",
@@ -392,68 +382,12 @@ impl Bed {
 
 /// What a service gives the chaos suite at layer_3.
 pub struct RealParts<S: Service> {
-    target: S::Target,
-    counter: Arc<dyn ConnectionCounter>,
-    server: Arc<dyn ServerControl>,
-    killer: Killer,
-    env: ChaosEnv,
-    keep: Box<dyn Any + Send>,
-}
-
-/// A service the chaos suite runs on at layers 2 and 3.
-pub trait ChaosService: OnStandin {
-    /// The name the test's connections carry (application / client name).
-    fn conn_name(t: &Self::Target) -> String;
-    /// The run's real server and the test's own database on it.
-    fn real(ctx: &TestCtx) -> BoxFuture<'_, anyhow::Result<RealParts<Self>>>;
-}
-
-impl ChaosService for Postgres {
-    fn conn_name(t: &PgTarget) -> String {
-        t.application_name.clone()
-    }
-
-    fn real(ctx: &TestCtx) -> BoxFuture<'_, anyhow::Result<RealParts<Self>>> {
-        Box::pin(async move {
-            ctx.step("getting the postgres server");
-            let server = service::postgres().await?;
-            let db = server.test_db(ctx).await?;
-            let admin = server.admin_target();
-            let name = db.target.application_name.clone();
-            Ok(RealParts {
-                target: db.target.clone(),
-                counter: Arc::new(db.connection_counter()),
-                env: ChaosEnv::new().postgres_connections(admin.clone(), name.clone()),
-                killer: Killer::Pg(admin, name),
-                server: server as Arc<dyn ServerControl>,
-                keep: Box::new(db),
-            })
-        })
-    }
-}
-
-impl ChaosService for Redis {
-    fn conn_name(t: &RedisTarget) -> String {
-        t.client_name.clone()
-    }
-
-    fn real(ctx: &TestCtx) -> BoxFuture<'_, anyhow::Result<RealParts<Self>>> {
-        Box::pin(async move {
-            ctx.step("getting the redis server");
-            let server = service::redis().await?;
-            let db = server.test_db(ctx).await?;
-            let admin = server.admin_target();
-            let name = db.target.client_name.clone();
-            Ok(RealParts {
-                target: db.target.clone(),
-                counter: Arc::new(db.connection_counter()),
-                env: ChaosEnv::new().redis_connections(admin.clone(), name.clone()),
-                killer: Killer::Redis(admin, name),
-                server: server as Arc<dyn ServerControl>,
-                keep: Box::new(db),
-            })
-        })
-    }
+    pub(crate) target: S::Target,
+    pub(crate) counter: Arc<dyn ConnectionCounter>,
+    pub(crate) server: Arc<dyn ServerControl>,
+    pub(crate) killer: Killer,
+    pub(crate) env: ChaosEnv,
+    pub(crate) keep: Box<dyn Any + Send>,
 }
 
 /// Samples the server-side count every 10 ms until finished; keeps the maximum.

@@ -1,8 +1,7 @@
-//! What the stress suites share: scenario tables registered per adapter
-//! (skipped where a knob is missing, ignored where a finding is kept), the
-//! pool set-up on a target of the test's own, configs that set a knob only
-//! where the pool has it, the load-generator op over a [`Pool`], and budget
-//! checks that record the catalogue's number and fail only far past it.
+//! What scenarios share: the pool set-up on a target of the test's own,
+//! configs that set a knob only where the pool has it ([`Tune`]), the
+//! load-generator op over a [`Pool`] ([`pool_op`]), and budget checks that
+//! record the catalogue's number and fail only far past it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,90 +11,13 @@ use poolstress_fixtures::pool::{Adapter, Capabilities, Knob, Op, Pool, PoolConfi
 use poolstress_harness::{
     load::OpTimer,
     metrics::{check_at_least, check_at_most, PhaseStats, ResourceMonitor},
-    Metric, Registry, TestCtx,
+    Metric, TestCtx,
 };
 
-use crate::suites::conformance::{wait_until, Provided, ServiceFixture};
-
-/// A scenario body, generic over the service.
-pub(crate) type Body<S> = fn(TestCtx, Adapter<S>) -> BoxFuture<'static, anyhow::Result<()>>;
-
-/// A skip decided from the adapter (the reason names it), or `None` to run.
-pub(crate) type SkipIf<S> = fn(&Adapter<S>) -> Option<String>;
-
-/// One scenario of a table: registered once per adapter.
-pub(crate) struct Scenario<S: ServiceFixture> {
-    /// `<group>::<name>` or `<name>`: the part between the suite prefix and `[adapter]`.
-    pub(crate) name: &'static str,
-    /// Knobs the scenario needs; an adapter lacking one is registered skipped with its reason.
-    pub(crate) needs: &'static [Knob],
-    /// Tags on top of the service's (`benchmark`).
-    pub(crate) extra_tags: &'static [&'static str],
-    /// Never overlaps another test (it restarts a shared server or measures this process's fds and RSS).
-    pub(crate) exclusive: bool,
-    /// A skip decided from more than a missing knob (the reason names the adapter).
-    pub(crate) skip_if: Option<SkipIf<S>>,
-    /// The body.
-    pub(crate) body: Body<S>,
-}
-
-impl<S: ServiceFixture> Scenario<S> {
-    pub(crate) fn new(name: &'static str, needs: &'static [Knob], body: Body<S>) -> Self {
-        Scenario { name, needs, extra_tags: &[], exclusive: false, skip_if: None, body }
-    }
-
-    pub(crate) fn tags(mut self, t: &'static [&'static str]) -> Self {
-        self.extra_tags = t;
-        self
-    }
-
-    pub(crate) fn exclusive(mut self) -> Self {
-        self.exclusive = true;
-        self
-    }
-
-    pub(crate) fn skip_if(mut self, f: SkipIf<S>) -> Self {
-        self.skip_if = Some(f);
-        self
-    }
-}
-
-/// A known finding: `(scenario name, adapter, reason with the pool version)`;
-/// the test stays registered, fails when run, and is marked ignored.
-pub(crate) type Finding = (&'static str, &'static str, &'static str);
-
-/// Registers `<prefix>::<scenario>[<adapter>]` for every scenario and adapter.
-pub(crate) fn register_table<S: ServiceFixture>(
-    r: &mut Registry,
-    prefix: &str,
-    table: Vec<Scenario<S>>,
-    adapters: &[Adapter<S>],
-    findings: &[Finding],
-) {
-    for sc in table {
-        let mut tags: Vec<&str> = S::tags().to_vec();
-        tags.extend(sc.extra_tags);
-        for a in adapters {
-            let name = format!("{prefix}::{}[{}]", sc.name, a.name());
-            let (adapter, body) = (a.clone(), sc.body);
-            let def = r.test(name, &tags, move |ctx| body(ctx, adapter.clone()));
-            if sc.exclusive {
-                def.exclusive(true);
-            }
-            let caps = a.capabilities();
-            if let Some((knob, why)) = caps.missing(sc.needs) {
-                def.skip(format!("{} lacks {knob}: {why}", a.name()));
-            } else if let Some(why) = sc.skip_if.and_then(|f| f(a)) {
-                def.skip(why);
-            } else if let Some((_, _, reason)) = findings.iter().find(|(s, p, _)| *s == sc.name && *p == a.name()) {
-                def.ignore(*reason);
-            }
-        }
-    }
-}
+use super::service::{wait_until, Provided, ServiceFixture};
 
 /// A target of the test's own and a pool built with `cfg` on it.
-pub(crate) async fn setup<S: ServiceFixture>(
+pub async fn setup<S: ServiceFixture>(
     ctx: &TestCtx,
     a: &Adapter<S>,
     cfg: PoolConfig,
@@ -118,7 +40,7 @@ pub(crate) async fn setup<S: ServiceFixture>(
 }
 
 /// Builds `cfg` for `target`, noting the adapter, its version and the config.
-pub(crate) async fn build<S: ServiceFixture>(
+pub async fn build<S: ServiceFixture>(
     ctx: &TestCtx,
     a: &Adapter<S>,
     cfg: &PoolConfig,
@@ -133,45 +55,52 @@ pub(crate) async fn build<S: ServiceFixture>(
 /// Sets knobs only where the pool has them: scenarios ask for generous
 /// timeouts so waiting is not mistaken for failing, and pools without the
 /// knob keep their defaults (never a refused config).
-pub(crate) struct Tune<'a> {
+pub struct Tune<'a> {
     caps: &'a Capabilities,
     cfg: PoolConfig,
 }
 
 impl<'a> Tune<'a> {
-    pub(crate) fn new(caps: &'a Capabilities, max_size: usize) -> Self {
+    /// Starts from `PoolConfig::new(max_size)`.
+    pub fn new(caps: &'a Capabilities, max_size: usize) -> Self {
         Tune { caps, cfg: PoolConfig::new(max_size) }
     }
 
     /// Applies `f` when the pool has `knob`.
-    pub(crate) fn with(mut self, knob: Knob, f: impl FnOnce(PoolConfig) -> PoolConfig) -> Self {
+    pub fn with(mut self, knob: Knob, f: impl FnOnce(PoolConfig) -> PoolConfig) -> Self {
         if self.caps.supports(knob) {
             self.cfg = f(self.cfg);
         }
         self
     }
 
-    pub(crate) fn acquire_timeout(self, d: Duration) -> Self {
+    /// Sets the acquire timeout where supported.
+    pub fn acquire_timeout(self, d: Duration) -> Self {
         self.with(Knob::AcquireTimeout, |c| c.acquire_timeout(d))
     }
 
-    pub(crate) fn connect_timeout(self, d: Duration) -> Self {
+    /// Sets the connect timeout where supported.
+    pub fn connect_timeout(self, d: Duration) -> Self {
         self.with(Knob::ConnectTimeout, |c| c.connect_timeout(d))
     }
 
-    pub(crate) fn op_timeout(self, d: Duration) -> Self {
+    /// Sets the op timeout where supported.
+    pub fn op_timeout(self, d: Duration) -> Self {
         self.with(Knob::OpTimeout, |c| c.op_timeout(d))
     }
 
-    pub(crate) fn min_idle(self, n: usize) -> Self {
+    /// Sets min idle where supported.
+    pub fn min_idle(self, n: usize) -> Self {
         self.with(Knob::MinIdle, |c| c.min_idle(n))
     }
 
-    pub(crate) fn idle_timeout(self, d: Duration) -> Self {
+    /// Sets the idle timeout where supported.
+    pub fn idle_timeout(self, d: Duration) -> Self {
         self.with(Knob::IdleTimeout, |c| c.idle_timeout(d))
     }
 
-    pub(crate) fn done(self) -> PoolConfig {
+    /// The config.
+    pub fn done(self) -> PoolConfig {
         self.cfg
     }
 }
@@ -179,7 +108,7 @@ impl<'a> Tune<'a> {
 /// The load generator's op over `pool`: acquire (marked), run `op`, hold the
 /// checkout for `hold` (the caller's work between commands, which is what
 /// makes a pool grow), release.
-pub(crate) fn pool_op(
+pub fn pool_op(
     pool: &Pool,
     op: Op,
     hold: Duration,
@@ -201,11 +130,12 @@ pub(crate) fn pool_op(
 
 /// Every op accounted for: `ok + failed + cancelled == started` and
 /// `ok + failed == issued`.
-pub(crate) fn accounted(name: &str, s: &PhaseStats, issued: u64) -> anyhow::Result<()> {
+pub fn accounted(name: &str, s: &PhaseStats, issued: u64) -> anyhow::Result<()> {
     s.check_accounted(Some(issued)).with_context(|| format!("{name}: not every op was accounted for"))
 }
 
-pub(crate) fn ms(d: Duration) -> f64 {
+/// The ms.
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -215,7 +145,7 @@ pub(crate) fn ms(d: Duration) -> f64 {
 /// 2-core CI machine reaches) — machine speed is for baselines, not gates.
 ///
 /// [`BudgetExceeded`]: poolstress_harness::metrics::BudgetExceeded
-pub(crate) fn budget_max(
+pub fn budget_max(
     ctx: &TestCtx,
     adapter: &str,
     metric: &str,
@@ -232,7 +162,7 @@ pub(crate) fn budget_max(
 }
 
 /// [`budget_max`] for a number where higher is better (throughput).
-pub(crate) fn budget_min(
+pub fn budget_min(
     ctx: &TestCtx,
     adapter: &str,
     metric: &str,
@@ -250,13 +180,13 @@ pub(crate) fn budget_min(
 
 /// A resource monitor sampling this process and the test's server-side
 /// connections (series `connections.<service>`) every `every`.
-pub(crate) fn monitor<S: ServiceFixture>(ctx: &TestCtx, fx: &Provided<S>, every: Duration) -> ResourceMonitor {
+pub fn monitor<S: ServiceFixture>(ctx: &TestCtx, fx: &Provided<S>, every: Duration) -> ResourceMonitor {
     ResourceMonitor::builder(ctx).interval(every).counter(S::NAME, fx.counter.clone()).start()
 }
 
 /// The server never saw more than `max` of the test's connections (sampled),
 /// nor did the pool report a larger size.
-pub(crate) fn check_server_peak<S: ServiceFixture>(
+pub fn check_server_peak<S: ServiceFixture>(
     ctx: &TestCtx,
     name: &str,
     mon: &ResourceMonitor,
@@ -284,7 +214,7 @@ pub(crate) fn check_server_peak<S: ServiceFixture>(
 
 /// Waits until the pool reports nothing checked out and nobody waiting
 /// (where it reports them): its queue has drained.
-pub(crate) async fn wait_drained(name: &str, pool: &Pool, within: Duration) -> anyhow::Result<()> {
+pub async fn wait_drained(name: &str, pool: &Pool, within: Duration) -> anyhow::Result<()> {
     let caps = pool.capabilities();
     if !caps.supports(Knob::StatusIdle) && !caps.supports(Knob::StatusWaiters) {
         return Ok(());
@@ -301,7 +231,7 @@ pub(crate) async fn wait_drained(name: &str, pool: &Pool, within: Duration) -> a
 /// TCP sockets are shown with their addresses and state from
 /// `/proc/self/net/tcp{,6}`. For leak messages: diff two listings with
 /// [`fds_added`].
-pub(crate) fn fd_listing() -> Vec<String> {
+pub fn fd_listing() -> Vec<String> {
     let tcp = tcp_sockets();
     let mut out: Vec<String> = std::fs::read_dir("/proc/self/fd")
         .map(|d| {
@@ -322,7 +252,7 @@ pub(crate) fn fd_listing() -> Vec<String> {
 }
 
 /// Entries of `now` not in `before` (as multisets).
-pub(crate) fn fds_added(before: &[String], now: &[String]) -> Vec<String> {
+pub fn fds_added(before: &[String], now: &[String]) -> Vec<String> {
     let mut left: Vec<&String> = before.iter().collect();
     now.iter()
         .filter(|x| match left.iter().position(|b| b == x) {

@@ -28,7 +28,7 @@ use poolstress_fixtures::{
 };
 use poolstress_harness::{tag, FixtureFailure, Registry, Skipped, TestCtx};
 
-use super::stress_pg::{self, Scenario};
+use super::{self as stress_pg, Scenario};
 
 /// What a [`Broken`] pool gets wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
