@@ -13,6 +13,9 @@ use serde::Serialize;
 
 use crate::{metric::Metric, profile::Profile};
 
+/// The attachment naming a test's key metric ([`TestCtx::key_metric`]).
+pub const KEY_METRIC: &str = "key_metric";
+
 /// A marker error: the test was skipped at run time, with a reason
 /// (a capability the pool lacks, a TLS server that is not there).
 /// Return it with [`TestCtx::skip`]; the console and reports show the reason.
@@ -141,6 +144,13 @@ impl TestCtx {
         let mut m = self.inner.metrics.lock();
         m.retain(|x| x.name != metric.name);
         m.push(metric);
+    }
+
+    /// Names the metric the scorecard shows for this test (default: the
+    /// first of `recovery_ms`, a p99, a throughput, a p50, then the first
+    /// recorded). Stored as the attachment `key_metric`.
+    pub fn key_metric(&self, name: impl Into<String>) {
+        self.attach(KEY_METRIC, name.into());
     }
 
     /// Every metric recorded so far.

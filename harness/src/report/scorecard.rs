@@ -174,11 +174,27 @@ fn short_skip(reason: &str, pool: &str) -> String {
     truncate(line, SHORT_REASON_CHARS)
 }
 
+/// The metric a test's cell shows: the one it named with
+/// [`TestCtx::key_metric`](crate::TestCtx::key_metric), else the first whose
+/// name says recovery, a p99, a throughput or a p50, else the first.
+pub fn key_metric(t: &TestRecord) -> Option<&crate::metric::Metric> {
+    if let Some(name) = t.attachments.get(crate::ctx::KEY_METRIC).and_then(|v| v.as_str()) {
+        if let Some(m) = t.metrics.iter().find(|m| m.name == name) {
+            return Some(m);
+        }
+    }
+    const PREFERRED: [&str; 5] = ["recovery_ms", "p99", "ops_s", "per_s", "p50"];
+    PREFERRED
+        .iter()
+        .find_map(|p| t.metrics.iter().find(|m| m.name.contains(p)))
+        .or_else(|| t.metrics.first())
+}
+
 fn cell_of(t: &TestRecord, pool: &str) -> Cell {
     let status = Status::of(t.outcome);
     let message = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
     let text = match status {
-        Status::Passed => match t.metrics.first() {
+        Status::Passed => match key_metric(t) {
             Some(m) => format!("✓ {} {}", m.name, format_value(m.value)),
             None => "✓".to_string(),
         },
@@ -520,5 +536,18 @@ mod tests {
         let written = std::fs::read_to_string(&path).unwrap();
         assert!(written.starts_with("**2 passed, 2 failed") && written.contains("## Scorecard"), "{written}");
         assert_eq!(std::fs::read_to_string(&step).unwrap(), format!("earlier step\n{written}\n"));
+    }
+
+    #[test]
+    fn the_key_metric_is_the_named_one_else_a_preferred_kind_else_the_first() {
+        let ms = || vec![Metric::higher("load.ok", 10.0), Metric::lower("load.p50_ms", 1.0), Metric::lower("kill_recovery_ms", 50.0)];
+        let t = rec("chaos::postgres::kill[p]", Outcome::Passed, None, ms());
+        assert_eq!(key_metric(&t).unwrap().name, "kill_recovery_ms");
+        let mut named = rec("chaos::postgres::kill[p]", Outcome::Passed, None, ms());
+        named.attachments.insert(crate::ctx::KEY_METRIC.into(), serde_json::json!("load.ok"));
+        assert_eq!(key_metric(&named).unwrap().name, "load.ok");
+        let plain = rec("x::y[p]", Outcome::Passed, None, vec![Metric::higher("cancelled_workers", 3.0), Metric::higher("n", 1.0)]);
+        assert_eq!(key_metric(&plain).unwrap().name, "cancelled_workers");
+        assert_eq!(cell_of(&t, "p").text, "✓ kill_recovery_ms 50");
     }
 }
