@@ -136,16 +136,16 @@ pub fn split_args(
     };
     let deadline = match get("--deadline") {
         Some(s) => Some(parse_secs(&s).ok_or_else(|| {
-            UsageError(format!("--deadline \"{s}\" is not a number of seconds (e.g. `--deadline 90` or `--deadline 2.5`)"))
+            UsageError(format!(
+                "--deadline \"{s}\" is not a number of seconds (e.g. `--deadline 90` or `--deadline 2.5`)"
+            ))
         })?),
         None => None,
     };
     let seed = match get("--seed") {
-        Some(s) => Some(
-            s.trim()
-                .parse::<u64>()
-                .map_err(|_| UsageError(format!("--seed \"{s}\" is not an unsigned integer (copy the seed a run printed)")))?,
-        ),
+        Some(s) => Some(s.trim().parse::<u64>().map_err(|_| {
+            UsageError(format!("--seed \"{s}\" is not an unsigned integer (copy the seed a run printed)"))
+        })?),
         None => None,
     };
     let update_baselines = switch("--update-baselines");
@@ -236,7 +236,16 @@ mod tests {
     #[test]
     fn takes_out_our_flags_and_keeps_libtests() {
         let (o, rest) = split(
-            &["--include-tag", "chaos", "--exact", "--include-tag=redis,layer_2", "filter", "--exclude-tag", "layer_3", "--nocapture"],
+            &[
+                "--include-tag",
+                "chaos",
+                "--exact",
+                "--include-tag=redis,layer_2",
+                "filter",
+                "--exclude-tag",
+                "layer_3",
+                "--nocapture",
+            ],
             &[],
         )
         .unwrap();
@@ -247,7 +256,8 @@ mod tests {
 
     #[test]
     fn env_is_used_when_no_flag_given() {
-        let (o, _) = split(&[], &[("POOLSTRESS_INCLUDE_TAGS", "layer_1, layer_2"), ("POOLSTRESS_PROFILE", "nightly")]).unwrap();
+        let (o, _) =
+            split(&[], &[("POOLSTRESS_INCLUDE_TAGS", "layer_1, layer_2"), ("POOLSTRESS_PROFILE", "nightly")]).unwrap();
         assert_eq!(o.selection.include, set(&["layer_1", "layer_2"]));
         assert_eq!(o.profile, Profile::Nightly);
         assert!(o.check_baselines, "nightly checks baselines by default");
@@ -262,7 +272,17 @@ mod tests {
     #[test]
     fn switches_and_values() {
         let (o, rest) = split(
-            &["--allow-empty", "--seed", "42", "--deadline=2.5", "--profile", "quick", "--report-dir", "/tmp/r", "--update-baselines"],
+            &[
+                "--allow-empty",
+                "--seed",
+                "42",
+                "--deadline=2.5",
+                "--profile",
+                "quick",
+                "--report-dir",
+                "/tmp/r",
+                "--update-baselines",
+            ],
             &[],
         )
         .unwrap();

@@ -171,7 +171,8 @@ impl TestCtx {
 
     /// Attaches structured data (a timeline, per-phase stats) to the report under `key`.
     pub fn attach(&self, key: impl Into<String>, value: impl Serialize) {
-        let v = serde_json::to_value(value).unwrap_or_else(|e| serde_json::Value::String(format!("unserializable: {e}")));
+        let v =
+            serde_json::to_value(value).unwrap_or_else(|e| serde_json::Value::String(format!("unserializable: {e}")));
         self.inner.attachments.lock().insert(key.into(), v);
     }
 
@@ -205,10 +206,8 @@ fn test_seed(run_seed: u64, name: &str) -> u64 {
 }
 
 pub(crate) fn slug(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .collect();
+    let mut s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     while s.contains("__") {
         s = s.replace("__", "_");
     }

@@ -527,7 +527,11 @@ mod tests {
             create_latency: 20 * MS,
             op_latency: 5 * MS,
         });
-        assert_eq!(p.get().await.err().unwrap().class(), ErrorClass::AcquireTimeout, "a create slower than the timeout");
+        assert_eq!(
+            p.get().await.err().unwrap().class(),
+            ErrorClass::AcquireTimeout,
+            "a create slower than the timeout"
+        );
         assert_eq!(p.status().size, 0);
         p.set_create_latency(MS);
         let mut c = p.get().await.unwrap();

@@ -62,8 +62,7 @@ impl TestDef {
     }
 
     pub(crate) fn is_exclusive(&self) -> bool {
-        self.exclusive
-            .unwrap_or_else(|| self.tags.iter().any(|t| tag::EXCLUSIVE_BY_DEFAULT.contains(&t.as_str())))
+        self.exclusive.unwrap_or_else(|| self.tags.iter().any(|t| tag::EXCLUSIVE_BY_DEFAULT.contains(&t.as_str())))
     }
 }
 

@@ -23,7 +23,10 @@ use crate::{
     lock::TestLock,
     profile::Profile,
     registry::{Registry, TestDef},
-    report::{self, HtmlReporter, JsonReporter, JunitReporter, LayersReporter, Outcome, Reporter, RunSummary, ScorecardReporter, TestRecord},
+    report::{
+        self, HtmlReporter, JsonReporter, JunitReporter, LayersReporter, Outcome, Reporter, RunSummary,
+        ScorecardReporter, TestRecord,
+    },
     tag,
 };
 
@@ -203,7 +206,10 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
     if conclusion.num_failed > 0 {
         let failed: Vec<&TestRecord> = summary.tests.iter().filter(|t| t.outcome == Outcome::Failed).collect();
         if !failed.is_empty() && failed.iter().all(|t| t.fixture_failure) {
-            eprintln!("poolstress: every failure was a fixture that could not be provided (exit code {})", exit::FIXTURE_FAILURE);
+            eprintln!(
+                "poolstress: every failure was a fixture that could not be provided (exit code {})",
+                exit::FIXTURE_FAILURE
+            );
             return exit::FIXTURE_FAILURE;
         }
         return exit::TEST_FAILURE;

@@ -48,12 +48,7 @@ impl Selection {
 
     /// Every tag named in the selection that is not in `known`.
     pub fn unknown<'a>(&'a self, known: &'a BTreeSet<String>) -> Vec<&'a str> {
-        self.include
-            .iter()
-            .chain(self.exclude.iter())
-            .filter(|t| !known.contains(*t))
-            .map(String::as_str)
-            .collect()
+        self.include.iter().chain(self.exclude.iter()).filter(|t| !known.contains(*t)).map(String::as_str).collect()
     }
 
     /// Human description, for the zero-test message.

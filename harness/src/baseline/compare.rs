@@ -105,7 +105,13 @@ pub fn compare(base: &Baseline, current: &Metric) -> (Option<f64>, Verdict) {
     let v = current.value;
     let b = base.value;
     let diff = v - b;
-    let delta = if b != 0.0 { diff / b.abs() } else if diff == 0.0 { 0.0 } else { f64::INFINITY.copysign(diff) };
+    let delta = if b != 0.0 {
+        diff / b.abs()
+    } else if diff == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY.copysign(diff)
+    };
     let worse = match base.direction {
         Direction::LowerIsBetter => diff > 0.0,
         Direction::HigherIsBetter => diff < 0.0,
@@ -135,13 +141,15 @@ mod tests {
 
     #[test]
     fn single_samples_need_a_doubling_and_their_tails_are_not_judged() {
-        let one = |v| Baseline { value: v, spread: 0.0, direction: Direction::LowerIsBetter, tolerance: 0.5, samples: 1 };
+        let one =
+            |v| Baseline { value: v, spread: 0.0, direction: Direction::LowerIsBetter, tolerance: 0.5, samples: 1 };
         assert_eq!(compare(&one(10.0), &Metric::lower("burst.p99_ms", 18.0)).1, Verdict::WithinNoise);
         assert_eq!(compare(&one(10.0), &Metric::lower("burst.p99_ms", 25.0)).1, Verdict::Regressed);
         assert_eq!(compare(&one(1.1), &Metric::lower("ping.max_ms", 8.5)).1, Verdict::WithinNoise);
         assert_eq!(compare(&one(5.0), &Metric::lower("sustained.p999_ms", 15.5)).1, Verdict::WithinNoise);
         assert_eq!(compare(&one(100.0), &Metric::lower("response_ms", 1341.0)).1, Verdict::Regressed);
-        let up = Baseline { value: 9678.0, spread: 0.0, direction: Direction::HigherIsBetter, tolerance: 0.5, samples: 1 };
+        let up =
+            Baseline { value: 9678.0, spread: 0.0, direction: Direction::HigherIsBetter, tolerance: 0.5, samples: 1 };
         assert_eq!(compare(&up, &Metric::higher("pooled.throughput_ops_s", 2470.0)).1, Verdict::Regressed);
     }
 

@@ -81,12 +81,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
         fix: fix.to_string(),
     };
     let doc = Document::parse(text.to_string()).map_err(|e| {
-        invalid(e.span(), format!("not valid TOML: {}", e.message().trim()), "correct the syntax at that line, or delete the file and rerun with --update-baselines")
+        invalid(
+            e.span(),
+            format!("not valid TOML: {}", e.message().trim()),
+            "correct the syntax at that line, or delete the file and rerun with --update-baselines",
+        )
     })?;
     let root = doc.as_table();
     match root.get("format-version") {
         None => {
-            return Err(invalid(Some(0..0), "missing `format-version`".into(), &format!("add `format-version = {FORMAT_VERSION}` at the top")))
+            return Err(invalid(
+                Some(0..0),
+                "missing `format-version`".into(),
+                &format!("add `format-version = {FORMAT_VERSION}` at the top"),
+            ))
         }
         Some(item) => match item.as_integer() {
             Some(FORMAT_VERSION) => {}
@@ -97,7 +105,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
                     "regenerate the file with --update-baselines from this version of poolstress",
                 ))
             }
-            None => return Err(invalid(item.span(), "`format-version` must be an integer".into(), &format!("write `format-version = {FORMAT_VERSION}`"))),
+            None => {
+                return Err(invalid(
+                    item.span(),
+                    "`format-version` must be an integer".into(),
+                    &format!("write `format-version = {FORMAT_VERSION}`"),
+                ))
+            }
         },
     }
     let mut out = Baselines::new();
@@ -135,15 +149,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
             let num = |k: &str| -> Result<Option<f64>, BaselineLoadError> {
                 match m.get(k) {
                     None => Ok(None),
-                    Some(v) => v
-                        .as_float()
-                        .or_else(|| v.as_integer().map(|i| i as f64))
-                        .map(Some)
-                        .ok_or_else(|| invalid(v.span().or(mspan.clone()), format!("`{k}` of `{metric}` in [\"{test}\"] must be a number"), "write a number, e.g. 12.5")),
+                    Some(v) => v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).map(Some).ok_or_else(|| {
+                        invalid(
+                            v.span().or(mspan.clone()),
+                            format!("`{k}` of `{metric}` in [\"{test}\"] must be a number"),
+                            "write a number, e.g. 12.5",
+                        )
+                    }),
                 }
             };
             let value = num("value")?.ok_or_else(|| {
-                invalid(mspan.clone(), format!("metric `{metric}` of [\"{test}\"] has no `value`"), "add `value = <number>` or delete the metric")
+                invalid(
+                    mspan.clone(),
+                    format!("metric `{metric}` of [\"{test}\"] has no `value`"),
+                    "add `value = <number>` or delete the metric",
+                )
             })?;
             let direction = match m.get("direction").and_then(|d| d.as_str()) {
                 None | Some("lower") => Direction::LowerIsBetter,
@@ -158,7 +178,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
             };
             let tolerance = num("tolerance")?.unwrap_or(0.25);
             if !(0.0..=100.0).contains(&tolerance) {
-                return Err(invalid(mspan, format!("tolerance {tolerance} of `{metric}` is out of range"), "use a fraction such as 0.25 for 25 %"));
+                return Err(invalid(
+                    mspan,
+                    format!("tolerance {tolerance} of `{metric}` is out of range"),
+                    "use a fraction such as 0.25 for 25 %",
+                ));
             }
             metrics.insert(
                 metric.to_string(),
@@ -268,7 +292,10 @@ rate = { value = 100, direction = "higher" }
     fn parses_a_good_file() {
         let b = parse(Path::new("q.toml"), GOOD).unwrap();
         let m = &b["a::b[x]"];
-        assert_eq!(m["p95_ms"], Baseline { value: 12.5, spread: 0.5, direction: Direction::LowerIsBetter, tolerance: 0.1, samples: 5 });
+        assert_eq!(
+            m["p95_ms"],
+            Baseline { value: 12.5, spread: 0.5, direction: Direction::LowerIsBetter, tolerance: 0.1, samples: 5 }
+        );
         assert_eq!(m["rate"].direction, Direction::HigherIsBetter);
         assert_eq!(m["rate"].tolerance, 0.25);
     }
@@ -305,7 +332,12 @@ rate = { value = 100, direction = "higher" }
         let text = update_text(Some(GOOD), "quick", &up).unwrap();
         assert!(text.starts_with("# header comment"), "{text}");
         assert!(text.contains("# keep me"), "{text}");
-        assert!(text.contains("p95_ms = { value = 13.0, spread = 0.25, direction = \"lower\", tolerance = 0.1, samples = 5 }"), "{text}");
+        assert!(
+            text.contains(
+                "p95_ms = { value = 13.0, spread = 0.25, direction = \"lower\", tolerance = 0.1, samples = 5 }"
+            ),
+            "{text}"
+        );
         assert!(text.contains("rate = { value = 100, direction = \"higher\" }"), "untouched key changed: {text}");
         assert!(text.find("a::b[x]").unwrap() < text.find("new::test").unwrap());
         let back = parse(Path::new("x"), &text).unwrap();

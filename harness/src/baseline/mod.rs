@@ -30,16 +30,37 @@ pub fn compare_run(stored: &Baselines, summary: &RunSummary) -> Vec<Comparison> 
             let row = match base.and_then(|b| b.get(&m.name)) {
                 Some(b) => {
                     let (delta, verdict) = compare(b, m);
-                    Comparison { test: t.name.clone(), metric: m.name.clone(), baseline: Some(b.value), current: Some(m.value), delta, verdict }
+                    Comparison {
+                        test: t.name.clone(),
+                        metric: m.name.clone(),
+                        baseline: Some(b.value),
+                        current: Some(m.value),
+                        delta,
+                        verdict,
+                    }
                 }
-                None => Comparison { test: t.name.clone(), metric: m.name.clone(), baseline: None, current: Some(m.value), delta: None, verdict: Verdict::New },
+                None => Comparison {
+                    test: t.name.clone(),
+                    metric: m.name.clone(),
+                    baseline: None,
+                    current: Some(m.value),
+                    delta: None,
+                    verdict: Verdict::New,
+                },
             };
             rows.push(row);
         }
         if let Some(b) = base {
             for (name, bl) in b {
                 if !t.metrics.iter().any(|m| &m.name == name) {
-                    rows.push(Comparison { test: t.name.clone(), metric: name.clone(), baseline: Some(bl.value), current: None, delta: None, verdict: Verdict::Missing });
+                    rows.push(Comparison {
+                        test: t.name.clone(),
+                        metric: name.clone(),
+                        baseline: Some(bl.value),
+                        current: None,
+                        delta: None,
+                        verdict: Verdict::Missing,
+                    });
                 }
             }
         }
@@ -147,7 +168,11 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
         if rows.is_empty() {
             eprintln!("poolstress: no test of this run recorded metrics; nothing to compare with {}", path.display());
         } else {
-            println!("\npoolstress: metrics vs {} (regression = beyond tolerance and beyond {K_NOISE}x spread)\n{}", path.display(), table(&rows));
+            println!(
+                "\npoolstress: metrics vs {} (regression = beyond tolerance and beyond {K_NOISE}x spread)\n{}",
+                path.display(),
+                table(&rows)
+            );
         }
         let md = markdown(&rows, &path.display().to_string());
         let _ = write_atomic(&opts.report_dir.join("baselines.md"), md.as_bytes());
@@ -157,7 +182,8 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
                 let _ = f.write_all(md.as_bytes());
             }
         }
-        let strict_missing: Vec<&Comparison> = rows.iter().filter(|r| matches!(r.verdict, Verdict::New | Verdict::Missing)).collect();
+        let strict_missing: Vec<&Comparison> =
+            rows.iter().filter(|r| matches!(r.verdict, Verdict::New | Verdict::Missing)).collect();
         if opts.strict_baselines && !strict_missing.is_empty() {
             for r in &strict_missing {
                 eprintln!(
@@ -172,13 +198,21 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
             code = Some(exit::REGRESSION);
         }
         if regressed > 0 {
-            eprintln!("poolstress: {regressed} metric(s) regressed against {} (exit code {})", path.display(), exit::REGRESSION);
+            eprintln!(
+                "poolstress: {regressed} metric(s) regressed against {} (exit code {})",
+                path.display(),
+                exit::REGRESSION
+            );
             code = Some(exit::REGRESSION);
         }
     }
     if opts.update_baselines {
         if summary.failed > 0 {
-            eprintln!("poolstress: not updating {}: {} test(s) failed in this run; fix them first", path.display(), summary.failed);
+            eprintln!(
+                "poolstress: not updating {}: {} test(s) failed in this run; fix them first",
+                path.display(),
+                summary.failed
+            );
             return Some(exit::TEST_FAILURE);
         }
         let updates = measured(summary);

@@ -301,7 +301,8 @@ where
     let mut set = JoinSet::new();
     let n = workers as u64;
     for w in 0..workers {
-        let guard = WorkerGuard { rec: Some(Recorder::new(open.is_some(), phase.bucket, tl.clone())), out: out.clone() };
+        let guard =
+            WorkerGuard { rec: Some(Recorder::new(open.is_some(), phase.bucket, tl.clone())), out: out.clone() };
         let (op, rx) = (op.clone(), rx.clone());
         match &params {
             None => {
@@ -331,8 +332,11 @@ where
     let (missed, target_rate) = match &params {
         Some(p) => {
             let due = p.rate.due_before(limit.max_duration);
-            let window =
-                if limit.max_ops < due { p.rate.offset(limit.max_ops).unwrap_or(limit.max_duration) } else { limit.max_duration };
+            let window = if limit.max_ops < due {
+                p.rate.offset(limit.max_ops).unwrap_or(limit.max_duration)
+            } else {
+                limit.max_duration
+            };
             (due.min(limit.max_ops).saturating_sub(m.started), Some(p.rate.mean_over(window)))
         }
         None => (0, None),

@@ -55,11 +55,22 @@ async fn closed_loop_counts_every_class_and_splits_ops_over_workers() {
     stats.check_accounted(Some(10)).unwrap();
     stats.check_only(&[ErrorClass::AcquireTimeout, ErrorClass::ConnectionBroken]).unwrap();
     let e = stats.check_only(&[ErrorClass::AcquireTimeout]).unwrap_err().to_string();
-    assert!(e.starts_with("unexpected errors in phase classes (n=10): connection_broken 1 (allowed: acquire_timeout)"), "{e}");
+    assert!(
+        e.starts_with("unexpected errors in phase classes (n=10): connection_broken 1 (allowed: acquire_timeout)"),
+        "{e}"
+    );
     let e = stats.check_errors(ErrorClass::AcquireTimeout, 1).unwrap_err().to_string();
-    assert!(e.starts_with("acquire_timeout errors 2 > budget 1 in phase classes (n=10); first: acquire_timeout:"), "{e}");
+    assert!(
+        e.starts_with("acquire_timeout errors 2 > budget 1 in phase classes (n=10); first: acquire_timeout:"),
+        "{e}"
+    );
     let e = stats.check_error_rate(0.1).unwrap_err();
-    assert!(e.to_string().starts_with("error rate 30% > budget 10% in phase classes (n=10) (3 failed: acquire_timeout 2, connection_broken 1)"), "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "error rate 30% > budget 10% in phase classes (n=10) (3 failed: acquire_timeout 2, connection_broken 1)"
+        ),
+        "{e}"
+    );
     assert!(e.downcast_ref::<BudgetExceeded>().is_some());
 }
 
@@ -255,7 +266,12 @@ async fn spike_plan_has_stats_per_phase_and_phase_events() {
     assert_eq!(e, "no phase \"nope\" in this load report (phases: baseline, spike, recovery)");
     report.record_into(&ctx, "spiky");
     let names: Vec<String> = ctx.metrics().into_iter().map(|m| m.name).collect();
-    for n in ["spiky.spike.p95_ms", "spiky.spike.throughput_ops_s", "spiky.baseline.errors.acquire_timeout", "spiky.recovery.send_lag.p99_ms"] {
+    for n in [
+        "spiky.spike.p95_ms",
+        "spiky.spike.throughput_ops_s",
+        "spiky.baseline.errors.acquire_timeout",
+        "spiky.recovery.send_lag.p99_ms",
+    ] {
         assert!(names.iter().any(|x| x == n), "{n} not in {names:?}");
     }
 }
@@ -321,7 +337,10 @@ async fn panics_and_invalid_phases_are_errors() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(&e, LoadError::OpPanicked { phase, message } if phase == "boom" && message == "op 3 exploded"), "{e}");
+    assert!(
+        matches!(&e, LoadError::OpPanicked { phase, message } if phase == "boom" && message == "op 3 exploded"),
+        "{e}"
+    );
     let e = Phase::closed("none", 0, Limit::new(10, HOUR))
         .run(&ctx(), |_t: OpTimer| async { Ok::<_, OpError>(()) })
         .await
@@ -333,10 +352,8 @@ async fn panics_and_invalid_phases_are_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_clock_open_loop_keeps_its_rate() {
-    let stats = Phase::open("real", 2000.0, 500 * MS)
-        .run(&ctx(), |_t: OpTimer| async { Ok::<_, OpError>(()) })
-        .await
-        .unwrap();
+    let stats =
+        Phase::open("real", 2000.0, 500 * MS).run(&ctx(), |_t: OpTimer| async { Ok::<_, OpError>(()) }).await.unwrap();
     assert_eq!((stats.started, stats.ok, stats.missed), (1000, 1000, 0));
     // Generous: a loaded CI machine may add a few ms at the end.
     stats.check_rate(0.05).unwrap();

@@ -364,7 +364,8 @@ impl PhaseStats {
         } else {
             None
         };
-        let buckets = if inp.bucket.is_zero() { 0 } else { (inp.elapsed.as_nanos() / inp.bucket.as_nanos()) as u64 + 1 };
+        let buckets =
+            if inp.bucket.is_zero() { 0 } else { (inp.elapsed.as_nanos() / inp.bucket.as_nanos()) as u64 + 1 };
         let last = tl.buckets.keys().next_back().copied().map_or(0, |k| k + 1);
         let timeline = (0..buckets.max(last))
             .map(|i| {
@@ -378,7 +379,14 @@ impl PhaseStats {
                         p99_ms: ms(b.hist.value_at_quantile(0.99)),
                         error_classes: ErrorCounts(b.errors),
                     },
-                    None => TimelineRow { t_s, ops: 0, errors: 0, p50_ms: 0.0, p99_ms: 0.0, error_classes: ErrorCounts::default() },
+                    None => TimelineRow {
+                        t_s,
+                        ops: 0,
+                        errors: 0,
+                        p50_ms: 0.0,
+                        p99_ms: 0.0,
+                        error_classes: ErrorCounts::default(),
+                    },
                 }
             })
             .collect();

@@ -68,7 +68,12 @@ fn percentile_svg(title: &str, current: &[(f64, f64, String)], base: &[(f64, f64
             .configure_mesh()
             .x_desc("percentile")
             .y_desc("ms")
-            .x_label_formatter(&|x| format!("p{:.4}", 100.0 * (1.0 - 10f64.powf(-x))).trim_end_matches('0').trim_end_matches('.').to_string())
+            .x_label_formatter(&|x| {
+                format!("p{:.4}", 100.0 * (1.0 - 10f64.powf(-x)))
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_string()
+            })
             .draw()
             .map_err(|e| e.to_string())?;
         let cur: Vec<(f64, f64)> = current.iter().map(|(q, v, _)| (nines(*q), *v)).collect();
@@ -86,7 +91,12 @@ fn percentile_svg(title: &str, current: &[(f64, f64, String)], base: &[(f64, f64
                 .label("baseline")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
         }
-        chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
@@ -130,7 +140,8 @@ fn timeline_svg(title: &str, tl: &Timeline, events: &[(f64, String)]) -> Result<
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let root = root.titled(title, ("sans-serif", 14)).map_err(|e| e.to_string())?;
         let panels = root.split_evenly((names.len().clamp(1, 4), 1));
-        let tmax = tl.time.iter().copied().fold(0.0f64, f64::max).max(events.iter().map(|e| e.0).fold(0.0, f64::max)).max(1.0);
+        let tmax =
+            tl.time.iter().copied().fold(0.0f64, f64::max).max(events.iter().map(|e| e.0).fold(0.0, f64::max)).max(1.0);
         let colors = [BLUE, RED, GREEN, MAGENTA];
         for ((name, panel), color) in names.iter().take(4).zip(panels.iter()).zip(colors.iter()) {
             let ys = &tl.series[*name];
@@ -207,7 +218,11 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
         for (prefix, cur) in percentile_groups(t) {
             let b: Vec<(f64, f64)> =
                 cur.iter().filter_map(|(q, _, name)| base.and_then(|b| b.get(name)).map(|bl| (*q, bl.value))).collect();
-            let title = if prefix.is_empty() { "latency percentiles".to_string() } else { format!("{prefix}: latency percentiles") };
+            let title = if prefix.is_empty() {
+                "latency percentiles".to_string()
+            } else {
+                format!("{prefix}: latency percentiles")
+            };
             match percentile_svg(&title, &cur, &b) {
                 Ok(svg) => h.push_str(&svg),
                 Err(e) => {
@@ -230,7 +245,8 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
         if !t.metrics.is_empty() {
             h.push_str("<table><tr><th>metric</th><th>value</th><th>baseline</th></tr>");
             for m in &t.metrics {
-                let b = base.and_then(|b| b.get(&m.name)).map(|b| format!("{:.4}", b.value)).unwrap_or_else(|| "-".into());
+                let b =
+                    base.and_then(|b| b.get(&m.name)).map(|b| format!("{:.4}", b.value)).unwrap_or_else(|| "-".into());
                 let _ = write!(h, "<tr><td>{}</td><td>{:.4}</td><td>{}</td></tr>", escape(&m.name), m.value, b);
             }
             h.push_str("</table>");

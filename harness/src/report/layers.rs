@@ -84,7 +84,8 @@ pub fn markdown(rows: &[Row]) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let mut s = String::from("| scenario | layer_1 (mock) | layer_2 (stand-in) | layer_3 (real server) |\n|---|---|---|---|\n");
+    let mut s =
+        String::from("| scenario | layer_1 (mock) | layer_2 (stand-in) | layer_3 (real server) |\n|---|---|---|---|\n");
     for (name, cells) in rows {
         let c: Vec<String> = cells.iter().map(|c| c.as_ref().map(Cell::text).unwrap_or_else(|| "—".into())).collect();
         let _ = writeln!(s, "| `{name}` | {} | {} | {} |", c[0], c[1], c[2]);

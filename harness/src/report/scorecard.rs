@@ -184,10 +184,7 @@ pub fn key_metric(t: &TestRecord) -> Option<&crate::metric::Metric> {
         }
     }
     const PREFERRED: [&str; 5] = ["recovery_ms", "p99", "ops_s", "per_s", "p50"];
-    PREFERRED
-        .iter()
-        .find_map(|p| t.metrics.iter().find(|m| m.name.contains(p)))
-        .or_else(|| t.metrics.first())
+    PREFERRED.iter().find_map(|p| t.metrics.iter().find(|m| m.name.contains(p))).or_else(|| t.metrics.first())
 }
 
 fn cell_of(t: &TestRecord, pool: &str) -> Cell {
@@ -400,7 +397,12 @@ mod tests {
                 None,
                 vec![Metric::lower("p99_ms", 4.21875), Metric::higher("ops_s", 1000.0)],
             ),
-            rec("stress::postgres::exhaustion::max_size_enforced[deadpool-postgres]", Outcome::Failed, Some(&long_failure()), vec![]),
+            rec(
+                "stress::postgres::exhaustion::max_size_enforced[deadpool-postgres]",
+                Outcome::Failed,
+                Some(&long_failure()),
+                vec![],
+            ),
             rec(
                 "chaos::postgres::kill_60pct_workers[deadpool-postgres]",
                 Outcome::Skipped,
@@ -434,13 +436,17 @@ mod tests {
 
     fn cell<'a>(card: &'a Scorecard, scenario: &str, pool: &str) -> Option<&'a Cell> {
         let col = card.pools.iter().position(|p| p == pool).expect(pool);
-        let row = card.rows.iter().find(|(n, _)| n == scenario).unwrap_or_else(|| panic!("no row {scenario}: {card:?}"));
+        let row =
+            card.rows.iter().find(|(n, _)| n == scenario).unwrap_or_else(|| panic!("no row {scenario}: {card:?}"));
         row.1[col].as_ref()
     }
 
     #[test]
     fn splits_the_instance_off_the_name() {
-        assert_eq!(split_instance("chaos::layer_2::cancel_holding[bb8-redis]"), Some(("chaos::layer_2::cancel_holding", "bb8-redis")));
+        assert_eq!(
+            split_instance("chaos::layer_2::cancel_holding[bb8-redis]"),
+            Some(("chaos::layer_2::cancel_holding", "bb8-redis"))
+        );
         assert_eq!(split_instance("mine::smoke"), None);
         assert_eq!(split_instance("a::b[]"), None);
     }
@@ -463,7 +469,11 @@ mod tests {
         let names: Vec<&str> = card.rows.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            vec!["chaos::postgres::kill_60pct_workers", "conformance::redis::acquire_release", "stress::postgres::exhaustion::max_size_enforced"],
+            vec![
+                "chaos::postgres::kill_60pct_workers",
+                "conformance::redis::acquire_release",
+                "stress::postgres::exhaustion::max_size_enforced"
+            ],
             "sorted by name; tests without an instance left out"
         );
 
@@ -496,7 +506,10 @@ mod tests {
     #[test]
     fn markdown_opens_with_the_verdict_then_the_table() {
         let md = markdown(&summary());
-        assert_eq!(md.lines().next(), Some("**2 passed, 2 failed, 2 skipped/ignored** · profile `quick` · seed 42 (replay with `--seed 42`)"));
+        assert_eq!(
+            md.lines().next(),
+            Some("**2 passed, 2 failed, 2 skipped/ignored** · profile `quick` · seed 42 (replay with `--seed 42`)")
+        );
         assert!(md.contains("| scenario | tiny-pool | deadpool-postgres |\n|---|---|---|\n"), "{md}");
         assert!(md.contains("| `conformance::redis::acquire_release` | ✓ | – |"), "{md}");
         assert!(md.contains("returned \\| not dr…"), "`|` escaped: {md}");
@@ -540,13 +553,24 @@ mod tests {
 
     #[test]
     fn the_key_metric_is_the_named_one_else_a_preferred_kind_else_the_first() {
-        let ms = || vec![Metric::higher("load.ok", 10.0), Metric::lower("load.p50_ms", 1.0), Metric::lower("kill_recovery_ms", 50.0)];
+        let ms = || {
+            vec![
+                Metric::higher("load.ok", 10.0),
+                Metric::lower("load.p50_ms", 1.0),
+                Metric::lower("kill_recovery_ms", 50.0),
+            ]
+        };
         let t = rec("chaos::postgres::kill[p]", Outcome::Passed, None, ms());
         assert_eq!(key_metric(&t).unwrap().name, "kill_recovery_ms");
         let mut named = rec("chaos::postgres::kill[p]", Outcome::Passed, None, ms());
         named.attachments.insert(crate::ctx::KEY_METRIC.into(), serde_json::json!("load.ok"));
         assert_eq!(key_metric(&named).unwrap().name, "load.ok");
-        let plain = rec("x::y[p]", Outcome::Passed, None, vec![Metric::higher("cancelled_workers", 3.0), Metric::higher("n", 1.0)]);
+        let plain = rec(
+            "x::y[p]",
+            Outcome::Passed,
+            None,
+            vec![Metric::higher("cancelled_workers", 3.0), Metric::higher("n", 1.0)],
+        );
         assert_eq!(key_metric(&plain).unwrap().name, "cancelled_workers");
         assert_eq!(cell_of(&t, "p").text, "✓ kill_recovery_ms 50");
     }

@@ -613,12 +613,13 @@ pub async fn server_side_bounded(bed: &Bed, max_seen: u64, killed: usize) -> any
         bed.what()
     );
     let last = std::sync::atomic::AtomicU64::new(0);
-    let settled = super::service::wait_until("server-side connections back at max_size", Duration::from_secs(5), || async {
-        let n = bed.server_count().await?;
-        last.store(n, std::sync::atomic::Ordering::Relaxed);
-        Ok(n <= max)
-    })
-    .await;
+    let settled =
+        super::service::wait_until("server-side connections back at max_size", Duration::from_secs(5), || async {
+            let n = bed.server_count().await?;
+            last.store(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(n <= max)
+        })
+        .await;
     ensure!(
         settled.is_ok(),
         "{}: the server still sees {} of the test's connections 5 s after the checks (max_size {max}): leaked",

@@ -7,7 +7,12 @@
 //!
 //! A suite is generic over these traits and never defines its own.
 
-use std::{any::Any, future::Future, sync::Arc, time::{Duration, Instant}};
+use std::{
+    any::Any,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, ensure};
 use futures::future::BoxFuture;
@@ -15,7 +20,9 @@ use poolstress_fixtures::{
     fault::{ChaosEnv, FaultProxy},
     pool::{pg::driver::NoTls, redis::driver as redis_rs, Knob, Mock, MockServer, Postgres, Redis, Service},
     service::{self, pg_target_config, ServerControl},
-    standin::{ConnectionSnapshot, Misbehaving, Misbehaviour, PgConfig, PgServer, RespConfig, RespServer, StandinCounter},
+    standin::{
+        ConnectionSnapshot, Misbehaving, Misbehaviour, PgConfig, PgServer, RespConfig, RespServer, StandinCounter,
+    },
     PgTarget, RedisTarget,
 };
 use poolstress_harness::{tag, ConnectionCounter, TestCtx};
@@ -207,7 +214,6 @@ impl Standin {
     }
 }
 
-
 /// A service reached over the network (Postgres, Redis): everything a suite
 /// needs from it beyond [`ServiceFixture`], at layers 2 and 3.
 pub trait NetService: ServiceFixture {
@@ -228,7 +234,10 @@ pub trait NetService: ServiceFixture {
     fn real(ctx: &TestCtx) -> BoxFuture<'_, anyhow::Result<RealParts<Self>>>;
 
     /// A fault proxy in front of `target`, and the target through it.
-    fn proxy<'a>(ctx: &'a TestCtx, target: &'a Self::Target) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>>;
+    fn proxy<'a>(
+        ctx: &'a TestCtx,
+        target: &'a Self::Target,
+    ) -> BoxFuture<'a, anyhow::Result<(FaultProxy, Self::Target)>>;
 
     /// The name the test's connections carry (application / client name).
     fn conn_name(t: &Self::Target) -> String;
@@ -336,7 +345,10 @@ impl NetService for Redis {
         })
     }
 
-    fn proxy<'a>(ctx: &'a TestCtx, target: &'a RedisTarget) -> BoxFuture<'a, anyhow::Result<(FaultProxy, RedisTarget)>> {
+    fn proxy<'a>(
+        ctx: &'a TestCtx,
+        target: &'a RedisTarget,
+    ) -> BoxFuture<'a, anyhow::Result<(FaultProxy, RedisTarget)>> {
         Box::pin(async move { Ok(FaultProxy::for_redis(ctx, target).await?) })
     }
 

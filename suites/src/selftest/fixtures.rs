@@ -16,7 +16,9 @@ pub fn register(r: &mut Registry) {
         ctx.event("did the work");
         Ok(())
     });
-    r.test("selftest_fixture::fail", &["fx_fail"], |_ctx| async { anyhow::bail!("this fixture test fails on purpose") });
+    r.test("selftest_fixture::fail", &["fx_fail"], |_ctx| async {
+        anyhow::bail!("this fixture test fails on purpose")
+    });
     r.test("selftest_fixture::panic", &["fx_panic"], |_ctx| async { panic!("this fixture test panics on purpose") });
     r.test("selftest_fixture::deadline", &["fx_deadline"], |ctx| async move {
         ctx.step("waiting for a condition that never comes");
@@ -49,7 +51,9 @@ pub fn register(r: &mut Registry) {
     });
     // The HTML report's plots: percentiles and a timeline with an event.
     r.test("selftest_fixture::plotted", &["fx_plot"], |ctx| async move {
-        for (name, v) in [("steady.p50_ms", 1.2), ("steady.p90_ms", 2.5), ("steady.p99_ms", 6.0), ("steady.p99_9_ms", 14.0)] {
+        for (name, v) in
+            [("steady.p50_ms", 1.2), ("steady.p90_ms", 2.5), ("steady.p99_ms", 6.0), ("steady.p99_9_ms", 14.0)]
+        {
             ctx.record(Metric::lower(name, v));
         }
         ctx.event("fault start: latency 300ms");

@@ -124,7 +124,8 @@ pub fn register(r: &mut Registry) {
         Ok(())
     });
     selftest(r, "selection::libtest_filters_still_work", || async {
-        let c = run_child(&["--include-tag", "fx_a,fx_fail,fx_seed", "--exact", "selftest_fixture::seeded"], &[]).await?;
+        let c =
+            run_child(&["--include-tag", "fx_a,fx_fail,fx_seed", "--exact", "selftest_fixture::seeded"], &[]).await?;
         ensure!(c.code == 0 && c.names() == ["selftest_fixture::seeded"], "--exact: {:?}\n{}", c.names(), c.explain());
         let c = run_child(&["--include-tag", "fx_a,fx_fail", "--skip", "fail"], &[]).await?;
         ensure!(c.code == 0 && c.names() == ["selftest_fixture::pass"], "--skip: {:?}\n{}", c.names(), c.explain());
@@ -164,7 +165,9 @@ pub fn register(r: &mut Registry) {
         Ok(())
     });
     selftest(r, "isolation::deadline_flag_overrides", || async {
-        let c = run_child(&["--include-tag", "fx_excl", "--exact", "selftest_fixture::excl_a", "--deadline", "0.05"], &[]).await?;
+        let c =
+            run_child(&["--include-tag", "fx_excl", "--exact", "selftest_fixture::excl_a", "--deadline", "0.05"], &[])
+                .await?;
         ensure!(c.code == exit::TEST_FAILURE as i32 && c.stdout.contains("deadline"), "{}", c.explain());
         Ok(())
     });
@@ -176,7 +179,8 @@ pub fn register(r: &mut Registry) {
             .iter()
             .map(|t| {
                 let w = &t["attachments"]["window"];
-                let n = |i: usize| w[i].as_u64().map(u128::from).or_else(|| w[i].as_f64().map(|f| f as u128)).unwrap_or(0);
+                let n =
+                    |i: usize| w[i].as_u64().map(u128::from).or_else(|| w[i].as_f64().map(|f| f as u128)).unwrap_or(0);
                 (t["name"].as_str().unwrap_or("").to_string(), n(0), n(1))
             })
             .collect();
@@ -209,11 +213,24 @@ pub fn register(r: &mut Registry) {
         let c = run_child(&["--include-tag", "fx_a,fx_fail,fx_skip"], &[]).await?;
         let report = c.report.as_ref().context("report.json missing")?;
         ensure!(report["failed"] == 1 && report["passed"] == 1, "{report:#}");
-        let pass = report["tests"].as_array().context("tests")?.iter().find(|t| t["name"] == "selftest_fixture::pass").context("pass")?;
-        ensure!(pass["tags"][0] == "fx_a" && pass["metrics"][0]["name"] == "answer_ms" && pass["metrics"][0]["value"] == 42.0, "{pass:#}");
+        let pass = report["tests"]
+            .as_array()
+            .context("tests")?
+            .iter()
+            .find(|t| t["name"] == "selftest_fixture::pass")
+            .context("pass")?;
+        ensure!(
+            pass["tags"][0] == "fx_a"
+                && pass["metrics"][0]["name"] == "answer_ms"
+                && pass["metrics"][0]["value"] == 42.0,
+            "{pass:#}"
+        );
         ensure!(pass["events"][0]["label"] == "did the work", "{pass:#}");
         let junit = c.junit.as_deref().context("junit.xml missing")?;
-        ensure!(junit.contains(r#"name="pass""#) && junit.contains("<failure") && junit.contains("<skipped"), "{junit}");
+        ensure!(
+            junit.contains(r#"name="pass""#) && junit.contains("<failure") && junit.contains("<skipped"),
+            "{junit}"
+        );
         ensure!(junit.contains("fails on purpose"), "{junit}");
         Ok(())
     });
@@ -223,7 +240,12 @@ pub fn register(r: &mut Registry) {
         let c = run_child(&["--include-tag", "fx_seed", "--seed", "4243"], &[]).await?;
         ensure!(a.stderr.contains("--seed 4242"), "{}", a.explain());
         let draw = |c: &Child| c.report.as_ref().map(|r| r["tests"][0]["attachments"]["draw"].clone());
-        ensure!(draw(&a).is_some() && draw(&a) == draw(&b), "same seed, different draws: {:?} {:?}", draw(&a), draw(&b));
+        ensure!(
+            draw(&a).is_some() && draw(&a) == draw(&b),
+            "same seed, different draws: {:?} {:?}",
+            draw(&a),
+            draw(&b)
+        );
         ensure!(draw(&a) != draw(&c), "different seeds, same draw");
         Ok(())
     });
@@ -241,20 +263,38 @@ pub fn register(r: &mut Registry) {
         ensure!(c.code == 0 && c.stdout.contains("within noise"), "unchanged rerun must pass: {}", c.explain());
         let c = run_child(&with(&["--check-baselines"]), &[("POOLSTRESS_SELFTEST_VALUE", "125")]).await?;
         ensure!(c.code == exit::REGRESSION as i32, "+25 % must regress: {}", c.explain());
-        ensure!(c.stdout.contains("latency_ms") && c.stdout.contains("REGRESSED") && c.stdout.contains("+25.0%"), "{}", c.explain());
-        let c = run_child(&with(&["--check-baselines", "--update-baselines"]), &[("POOLSTRESS_SELFTEST_VALUE", "125")]).await?;
-        ensure!(std::fs::read_to_string(&file)?.contains("value = 125.0"), "update after a regression must record the new value");
+        ensure!(
+            c.stdout.contains("latency_ms") && c.stdout.contains("REGRESSED") && c.stdout.contains("+25.0%"),
+            "{}",
+            c.explain()
+        );
+        let c = run_child(&with(&["--check-baselines", "--update-baselines"]), &[("POOLSTRESS_SELFTEST_VALUE", "125")])
+            .await?;
+        ensure!(
+            std::fs::read_to_string(&file)?.contains("value = 125.0"),
+            "update after a regression must record the new value"
+        );
         drop(c);
         // A failed run must not write.
         let before = std::fs::read_to_string(&file)?;
-        let c = run_child(&["--include-tag", "fx_metric,fx_fail", "--baseline-dir", bdir.as_str(), "--update-baselines"], &[("POOLSTRESS_SELFTEST_VALUE", "1")]).await?;
+        let c = run_child(
+            &["--include-tag", "fx_metric,fx_fail", "--baseline-dir", bdir.as_str(), "--update-baselines"],
+            &[("POOLSTRESS_SELFTEST_VALUE", "1")],
+        )
+        .await?;
         ensure!(c.code == exit::TEST_FAILURE as i32 && c.stderr.contains("not updating"), "{}", c.explain());
         ensure!(std::fs::read_to_string(&file)? == before, "a failed run rewrote the baselines");
         // Malformed: file and line and a fix.
         std::fs::write(&file, "format-version = 1\n\n[\"x\"]\ny = { value = 1, colour = 2 }\n")?;
         let c = run_child(&with(&["--check-baselines"]), &[]).await?;
         ensure!(c.code == exit::USAGE as i32, "{}", c.explain());
-        ensure!(c.stderr.contains("quick.toml:4:") && c.stderr.contains("unknown key `colour`") && c.stderr.contains("fix:"), "{}", c.explain());
+        ensure!(
+            c.stderr.contains("quick.toml:4:")
+                && c.stderr.contains("unknown key `colour`")
+                && c.stderr.contains("fix:"),
+            "{}",
+            c.explain()
+        );
         Ok(())
     });
     selftest(r, "list::shows_tags_and_terse_stays_nextest_compatible", || async {

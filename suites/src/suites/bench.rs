@@ -39,27 +39,19 @@ fn injected_latency() -> anyhow::Result<Option<Duration>> {
         Ok(s) if s.trim().is_empty() || s.trim() == "0" => Ok(None),
         Ok(s) => humantime::parse_duration(s.trim())
             .map(Some)
-            .with_context(|| {
-                format!("{INJECT_LATENCY_ENV}={s:?} is not a duration; use e.g. 2ms or 500us")
-            }),
+            .with_context(|| format!("{INJECT_LATENCY_ENV}={s:?} is not a duration; use e.g. 2ms or 500us")),
     }
 }
 
 async fn point_read<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
-    let (reps, secs) = (
-        ctx.profile().pick(3, 5),
-        ctx.profile()
-            .pick(Duration::from_secs(1), Duration::from_secs(3)),
-    );
+    let (reps, secs) = (ctx.profile().pick(3, 5), ctx.profile().pick(Duration::from_secs(1), Duration::from_secs(3)));
     let (workers, max) = (8, 4);
     ctx.step(format!("providing a {} server", S::NAME));
     let fx = S::provide(&ctx).await?;
     let (proxy, via) = S::proxy(&ctx, &fx.target).await?;
     let _slow = match injected_latency()? {
         Some(d) => {
-            ctx.note(format!(
-                "{INJECT_LATENCY_ENV}: {d:?} of latency added to the proxy, both directions"
-            ));
+            ctx.note(format!("{INJECT_LATENCY_ENV}: {d:?} of latency added to the proxy, both directions"));
             ctx.event(format!("injected latency {d:?}"));
             Some(proxy.add(FaultSpec::new(FaultKind::latency(d, Duration::ZERO)).both())?)
         }
@@ -69,24 +61,14 @@ async fn point_read<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Resul
     if a.capabilities().supports(Knob::AcquireTimeout) {
         cfg = cfg.acquire_timeout(Duration::from_secs(10));
     }
-    let pool = a
-        .build(&cfg, &via)
-        .await
-        .with_context(|| format!("building {} ({})", a.name(), a.version()))?;
+    let pool = a.build(&cfg, &via).await.with_context(|| format!("building {} ({})", a.name(), a.version()))?;
     ctx.step("seeding 64 keys");
     for key in 0..64 {
-        pool.run(&Op::Write {
-            key,
-            value: format!("v{key}"),
-        })
-        .await?;
+        pool.run(&Op::Write { key, value: format!("v{key}") }).await?;
     }
     let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..reps {
-        ctx.step(format!(
-            "rep {}/{reps}: {workers} workers reading for {secs:?}",
-            i + 1
-        ));
+        ctx.step(format!("rep {}/{reps}: {workers} workers reading for {secs:?}", i + 1));
         let p = pool.clone();
         let s = Phase::closed("read", workers, Limit::new(10_000_000, secs))
             .run(&ctx, move |mut t: OpTimer| {
@@ -101,12 +83,7 @@ async fn point_read<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Resul
             .await?;
         s.check_accounted(None)?;
         s.check_only(&[])?;
-        ensure!(
-            s.ok > 0,
-            "{}: no read succeeded in {secs:?} ({})",
-            a.name(),
-            s.summary()
-        );
+        ensure!(s.ok > 0, "{}: no read succeeded in {secs:?} ({})", a.name(), s.summary());
         rates.push(s.throughput_ops_s);
         p50s.push(s.latency.p50_ms);
         p99s.push(s.latency.p99_ms);
@@ -133,21 +110,15 @@ async fn point_read<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Resul
 pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
     for a in adapters {
         let name = format!("bench::{}::point_read[{}]", S::NAME, a.name());
-        r.test(name, S::BENCH_TAGS, move |ctx| {
-            point_read(ctx, a.clone())
-        });
+        r.test(name, S::BENCH_TAGS, move |ctx| point_read(ctx, a.clone()));
     }
 }
 
 /// Registers the gate self-test (`bench::gate::*`).
 pub fn register_gate(r: &mut Registry) {
-    r.test(
-        "bench::gate::injected_latency_is_a_regression",
-        &[tag::LAYER_3, tag::REDIS],
-        gate,
-    )
-    .exclusive(true)
-    .deadline(Duration::from_secs(240));
+    r.test("bench::gate::injected_latency_is_a_regression", &[tag::LAYER_3, tag::REDIS], gate)
+        .exclusive(true)
+        .deadline(Duration::from_secs(240));
 }
 
 /// What a child run of this binary printed.
@@ -197,20 +168,10 @@ async fn gate(ctx: TestCtx) -> anyhow::Result<()> {
     let (bdir, rdir) = (dir.path().join("baselines"), dir.path().join("report"));
     std::fs::create_dir_all(&rdir)?;
     let bdir_s = bdir.to_string_lossy().into_owned();
-    let base = [
-        "--include-tag",
-        "benchmark",
-        "--exact",
-        test.as_str(),
-        "--baseline-dir",
-        bdir_s.as_str(),
-    ];
-    let with = |extra: &[&'static str]| -> Vec<&str> {
-        base.iter().copied().chain(extra.iter().copied()).collect()
-    };
+    let base = ["--include-tag", "benchmark", "--exact", test.as_str(), "--baseline-dir", bdir_s.as_str()];
+    let with = |extra: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(extra.iter().copied()).collect() };
     let run = |args: Vec<&str>, env: Vec<(&'static str, &'static str)>| {
-        let (args, rdir): (Vec<String>, _) =
-            (args.iter().map(|s| s.to_string()).collect(), rdir.clone());
+        let (args, rdir): (Vec<String>, _) = (args.iter().map(|s| s.to_string()).collect(), rdir.clone());
         tokio::task::spawn_blocking(move || {
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             run_self(&a, &env, &rdir)
@@ -223,19 +184,9 @@ async fn gate(ctx: TestCtx) -> anyhow::Result<()> {
     let file = std::fs::read_dir(&bdir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "toml"))
-        .with_context(|| {
-            format!(
-                "--update-baselines wrote no file under {}:\n{}",
-                bdir.display(),
-                c.out
-            )
-        })?;
+        .with_context(|| format!("--update-baselines wrote no file under {}:\n{}", bdir.display(), c.out))?;
     let text = std::fs::read_to_string(&file)?;
-    ensure!(
-        text.contains("read.p50_ms"),
-        "{} lacks read.p50_ms:\n{text}",
-        file.display()
-    );
+    ensure!(text.contains("read.p50_ms"), "{} lacks read.p50_ms:\n{text}", file.display());
     // A reviewer widens a noisy metric's tolerance by hand; updates keep it.
     // 50 % keeps this check immune to a noisy machine; 2 ms on a
     // sub-millisecond read is far beyond it.
@@ -243,38 +194,19 @@ async fn gate(ctx: TestCtx) -> anyhow::Result<()> {
 
     ctx.step("checking an unchanged rerun against them");
     let c = run(with(&["--check-baselines"]), vec![]).await??;
-    ensure!(
-        c.code == 0,
-        "an unchanged rerun did not pass the baseline check:\n{}",
-        c.out
-    );
+    ensure!(c.code == 0, "an unchanged rerun did not pass the baseline check:\n{}", c.out);
 
     ctx.step(format!("rerunning with {INJECT_LATENCY_ENV}=2ms"));
-    let c = run(
-        with(&["--check-baselines"]),
-        vec![(INJECT_LATENCY_ENV, "2ms")],
-    )
-    .await??;
+    let c = run(with(&["--check-baselines"]), vec![(INJECT_LATENCY_ENV, "2ms")]).await??;
     ctx.attach("regressed_run", &c.out);
     if c.code != exit::REGRESSION as i32 {
-        bail!(
-            "2 ms of injected latency: want exit {} (regression), got:\n{}",
-            exit::REGRESSION,
-            c.out
-        );
+        bail!("2 ms of injected latency: want exit {} (regression), got:\n{}", exit::REGRESSION, c.out);
     }
     for want in ["read.p50_ms", "REGRESSED", test.as_str()] {
-        ensure!(
-            c.out.contains(want),
-            "the regression table does not name {want:?}:\n{}",
-            c.out
-        );
+        ensure!(c.out.contains(want), "the regression table does not name {want:?}:\n{}", c.out);
     }
     let after = std::fs::read_to_string(&file)?;
-    ensure!(
-        after.contains("tolerance = 0.5"),
-        "a check run rewrote the baselines file:\n{after}"
-    );
+    ensure!(after.contains("tolerance = 0.5"), "a check run rewrote the baselines file:\n{after}");
     ctx.note("update → check (exit 0) → 2 ms injected (exit 5, read.p50_ms REGRESSED)");
     Ok(())
 }

@@ -30,9 +30,7 @@ use std::{
 
 use anyhow::{anyhow, bail, ensure, Context};
 use parking_lot::Mutex;
-use poolstress_fixtures::pool::{
-        Adapter, Knob, Op, Pool, PoolConfig,
-    };
+use poolstress_fixtures::pool::{Adapter, Knob, Op, Pool, PoolConfig};
 use poolstress_harness::{Classify, ErrorClass, Metric, Registry, TestCtx};
 
 use crate::kit::{register_matrix, wait_until, Finding, Provided, Scenario, ServiceFixture};

@@ -146,7 +146,11 @@ fn config<S: Service>(a: &Adapter<S>, max: usize, acquire: Duration) -> PoolConf
     }
 }
 
-async fn setup<S: ServiceFixture>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -> anyhow::Result<(Provided<S>, Pool)> {
+async fn setup<S: ServiceFixture>(
+    ctx: &TestCtx,
+    a: &Adapter<S>,
+    cfg: &PoolConfig,
+) -> anyhow::Result<(Provided<S>, Pool)> {
     ctx.step(format!("providing the {} server", S::NAME));
     let fx = S::provide(ctx).await?;
     ctx.step(format!("building {} with {cfg:?}", a.name()));

@@ -226,7 +226,8 @@ async fn redis_reset_peer(ctx: TestCtx) -> anyhow::Result<()> {
     let mut c = redis_conn(&via).await?;
     let _: String = redis::cmd("PING").query_async(&mut c).await?;
     let g = proxy.add(FaultSpec::new(FaultKind::reset_peer(Duration::ZERO)).upstream())?;
-    let e = redis::cmd("PING").query_async::<String>(&mut c).await.err().context("PING on a reset connection succeeded")?;
+    let e =
+        redis::cmd("PING").query_async::<String>(&mut c).await.err().context("PING on a reset connection succeeded")?;
     ensure!(e.is_connection_dropped() || e.is_io_error(), "expected a dropped connection, got {e} ({:?})", e.kind());
     ctx.note(format!("redis-rs saw the reset as: {e} (io kind {:?})", io_kind(&e)));
     g.heal()?;
@@ -271,7 +272,9 @@ async fn pg_timeout(ctx: TestCtx) -> anyhow::Result<()> {
     ctx.step("healing: the held query is answered");
     let healed = Instant::now();
     g.heal()?;
-    let v = tokio::time::timeout(Duration::from_secs(10), q).await.context("the query was not released by the heal")???;
+    let v = tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .context("the query was not released by the heal")???;
     ensure!(v == 42, "the held query answered {v}");
     ensure!(started.elapsed() >= HANG, "answered too early");
     ctx.record(Metric::lower("release_after_heal_ms", ms(healed.elapsed())));
@@ -355,7 +358,11 @@ async fn redis_slow_close(ctx: TestCtx) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await??;
-    ensure!(t.elapsed() >= delay - Duration::from_millis(20), "the close arrived after {:?}, before {delay:?}", t.elapsed());
+    ensure!(
+        t.elapsed() >= delay - Duration::from_millis(20),
+        "the close arrived after {:?}, before {delay:?}",
+        t.elapsed()
+    );
     Ok(())
 }
 
@@ -385,7 +392,9 @@ async fn pg_kill_backends(ctx: TestCtx) -> anyhow::Result<()> {
         clients.push(db.connect().await?);
     }
     ctx.step("terminating 60 % of the test's backends");
-    let report = kill_pg_backends(&server.admin_target(), &db.target.application_name, Victims::Fraction(0.6), &mut ctx.rng()).await?;
+    let report =
+        kill_pg_backends(&server.admin_target(), &db.target.application_name, Victims::Fraction(0.6), &mut ctx.rng())
+            .await?;
     ensure!(report.seen == 5 && report.killed.len() == 3, "expected 3 of 5 killed, got {report:?}");
     let mut failed = 0;
     for c in &clients {
@@ -403,7 +412,8 @@ async fn redis_kill_clients(ctx: TestCtx) -> anyhow::Result<()> {
     for _ in 0..5 {
         conns.push(redis_conn(&db.target).await?);
     }
-    let report = kill_redis_clients(&server.admin_target(), &db.target.client_name, Victims::Count(2), &mut ctx.rng()).await?;
+    let report =
+        kill_redis_clients(&server.admin_target(), &db.target.client_name, Victims::Count(2), &mut ctx.rng()).await?;
     ensure!(report.seen == 5 && report.killed.len() == 2, "expected 2 of 5 killed, got {report:?}");
     let mut failed = 0;
     for c in &mut conns {
@@ -478,7 +488,10 @@ async fn pg_restart(ctx: TestCtx) -> anyhow::Result<()> {
     let after = db.connect().await.context("connecting after the restart")?;
     let row = after.query_one("SELECT pg_backend_pid(), pg_postmaster_start_time()::text", &[]).await?;
     let (pid_after, start_after): (i32, String) = (row.get(0), row.get(1));
-    ensure!(start_after != start_before, "the postmaster start time did not change ({start_before}): no restart happened");
+    ensure!(
+        start_after != start_before,
+        "the postmaster start time did not change ({start_before}): no restart happened"
+    );
     ensure!(pid_after != pid_before, "the same backend PID {pid_before} answered after a restart");
     ctx.note(format!("backend pid {pid_before} -> {pid_after}; postmaster started {start_before} -> {start_after}"));
     Ok(())
@@ -498,7 +511,8 @@ async fn pg_pause(ctx: TestCtx) -> anyhow::Result<()> {
     }
     ctx.step("unpausing");
     paused.heal().await.map_err(|e| e.into_test_error(&ctx))?;
-    let v = tokio::time::timeout(Duration::from_secs(10), q).await.context("the query stayed stuck after unpause")???;
+    let v =
+        tokio::time::timeout(Duration::from_secs(10), q).await.context("the query stayed stuck after unpause")???;
     ensure!(v == 42, "answered {v}");
     Ok(())
 }
@@ -662,7 +676,10 @@ async fn pg_schedule(ctx: TestCtx) -> anyhow::Result<()> {
     let kill = records[0].detail.clone().unwrap_or_default();
     ensure!(kill == "killed 3 of 5 server connections", "{kill}");
     let restart = &records[1];
-    let r = analyse(&samples.lock(), &FaultWindow::new(restart.started.context("no start")?, restart.ended.context("no end")?));
+    let r = analyse(
+        &samples.lock(),
+        &FaultWindow::new(restart.started.context("no start")?, restart.ended.context("no end")?),
+    );
     r.record(&ctx, "restart_");
     ensure!(r.first_success_after_heal.is_some(), "nothing succeeded after the restart: {r:?}");
     ensure!(r.error_rate_recovered_after.is_some(), "the error rate never recovered after the restart: {r:?}");
@@ -700,8 +717,11 @@ async fn panic_heals(ctx: TestCtx) -> anyhow::Result<()> {
     let t = Instant::now();
     let _: String = redis::cmd("PING").query_async(&mut c).await?;
     ensure!(t.elapsed() < Duration::from_millis(500), "PING took {:?}: latency was not healed", t.elapsed());
-    let client = tokio::time::timeout(Duration::from_secs(5), pdb.connect()).await.context("postgres still paused")??;
-    tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1")).await.context("postgres still paused")??;
+    let client =
+        tokio::time::timeout(Duration::from_secs(5), pdb.connect()).await.context("postgres still paused")??;
+    tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1"))
+        .await
+        .context("postgres still paused")??;
     drop(redis_server);
     Ok(())
 }
@@ -723,9 +743,12 @@ async fn shutdown_heals(ctx: TestCtx) -> anyhow::Result<()> {
         rt.shutdown_timeout(Duration::from_secs(60)); // drops the task and its guard
         Ok(())
     });
-    tokio::task::spawn_blocking(move || paused.join()).await?.map_err(|_| anyhow::anyhow!("the runtime thread panicked"))??;
+    tokio::task::spawn_blocking(move || paused.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the runtime thread panicked"))??;
     ctx.step("redis must answer again");
-    let mut c = tokio::time::timeout(Duration::from_secs(5), redis_conn(&db.target)).await.context("redis still paused")??;
+    let mut c =
+        tokio::time::timeout(Duration::from_secs(5), redis_conn(&db.target)).await.context("redis still paused")??;
     let _: String = tokio::time::timeout(Duration::from_secs(5), redis::cmd("PING").query_async(&mut c))
         .await
         .context("redis still paused")??;
@@ -737,10 +760,13 @@ async fn next_test_finds_servers_running(ctx: TestCtx) -> anyhow::Result<()> {
     let pg = service::postgres().await?;
     let redis_server = service::redis().await?;
     ctx.step("postgres answers");
-    let c = tokio::time::timeout(Duration::from_secs(5), pg_conn(&pg.admin_target())).await.context("postgres hangs")??;
+    let c =
+        tokio::time::timeout(Duration::from_secs(5), pg_conn(&pg.admin_target())).await.context("postgres hangs")??;
     c.simple_query("SELECT 1").await?;
     ctx.step("redis answers");
-    let mut r = tokio::time::timeout(Duration::from_secs(5), redis_conn(&redis_server.admin_target())).await.context("redis hangs")??;
+    let mut r = tokio::time::timeout(Duration::from_secs(5), redis_conn(&redis_server.admin_target()))
+        .await
+        .context("redis hangs")??;
     let _: String = redis::cmd("PING").query_async(&mut r).await?;
     Ok(())
 }
@@ -848,6 +874,9 @@ async fn proxy_overhead(ctx: TestCtx) -> anyhow::Result<()> {
     // Budgets that catch a broken proxy, not a busy machine; the aims
     // (<= 30 µs added, >= 0.8x throughput) are tracked as baselines.
     ensure!(a1 < 1000.0, "one connection: the proxy added {a1:.0} µs at p50 (budget 1000 µs; samples {added1:?})");
-    ensure!(r > 0.3, "throughput through the proxy was {r:.2}x direct over {conns} connections (budget > 0.3x; samples {ratio:?})");
+    ensure!(
+        r > 0.3,
+        "throughput through the proxy was {r:.2}x direct over {conns} connections (budget > 0.3x; samples {ratio:?})"
+    );
     Ok(())
 }

@@ -122,7 +122,9 @@ async fn coordinated_omission(ctx: TestCtx) -> anyhow::Result<()> {
     ctx.record(Metric::lower("co.corrected_p999_ms", corrected));
     ctx.record(Metric::lower("co.uncorrected_p999_ms", uncorrected));
     ctx.record(Metric::lower("co.corrected_max_ms", s.latency.max_ms));
-    ctx.note(format!("200 ms stall at op {stall_at}: p99.9 corrected {corrected:.2} ms, uncorrected {uncorrected:.3} ms"));
+    ctx.note(format!(
+        "200 ms stall at op {stall_at}: p99.9 corrected {corrected:.2} ms, uncorrected {uncorrected:.3} ms"
+    ));
     ensure!(
         corrected >= 150.0,
         "coordinated omission: the corrected p99.9 is {corrected:.2} ms, it should show the 200 ms stall (>= 150 ms; n={})",

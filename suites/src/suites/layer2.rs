@@ -96,7 +96,13 @@ pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<
 }
 
 /// `cfg` with the knobs the adapter supports among those asked for.
-fn config<S: NetService>(a: &Adapter<S>, max: usize, acquire: Option<Duration>, connect: Option<Duration>, op: Option<Duration>) -> PoolConfig {
+fn config<S: NetService>(
+    a: &Adapter<S>,
+    max: usize,
+    acquire: Option<Duration>,
+    connect: Option<Duration>,
+    op: Option<Duration>,
+) -> PoolConfig {
     kit::fit(&a.capabilities(), max, acquire, connect, op)
 }
 
@@ -104,7 +110,10 @@ async fn setup<S: NetService>(ctx: &TestCtx, a: &Adapter<S>, cfg: &PoolConfig) -
     ctx.step(format!("starting a {} stand-in", S::NAME));
     let (server, target) = S::start_standin(ctx)?;
     ctx.step(format!("building {} with {cfg:?}", a.name()));
-    let pool = a.build(cfg, &target).await.with_context(|| format!("building {} ({}) against the stand-in", a.name(), a.version()))?;
+    let pool = a
+        .build(cfg, &target)
+        .await
+        .with_context(|| format!("building {} ({}) against the stand-in", a.name(), a.version()))?;
     ctx.note(format!("{} ({}) with {cfg:?} on the {} stand-in", a.name(), a.version(), S::NAME));
     Ok((server, pool))
 }
@@ -199,7 +208,9 @@ async fn ops_accounted<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Re
             let mut last: Option<(u64, String)> = None;
             for i in 0..per_worker {
                 let name = pool.name().to_string();
-                let mut c = watchdog("acquire", pool.acquire()).await?.map_err(|e| anyhow!("worker {w} op {i}: acquire failed: [{}] {e}", e.class()))?;
+                let mut c = watchdog("acquire", pool.acquire())
+                    .await?
+                    .map_err(|e| anyhow!("worker {w} op {i}: acquire failed: [{}] {e}", e.class()))?;
                 let op = match i % 5 {
                     0 => {
                         let key = 1000 * (w as u64 + 1) + i;
@@ -212,13 +223,21 @@ async fn ops_accounted<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Re
                     3 => Op::Ping,
                     _ => Op::WhoAmI,
                 };
-                let out = watchdog(&format!("{op}"), c.run(&op)).await?.map_err(|e| anyhow!("worker {w} op {i} ({op}) failed: [{}] {e}", e.class()))?;
+                let out = watchdog(&format!("{op}"), c.run(&op))
+                    .await?
+                    .map_err(|e| anyhow!("worker {w} op {i} ({op}) failed: [{}] {e}", e.class()))?;
                 match &op {
                     Op::Read { .. } => {
                         let want = last.as_ref().map(|l| l.1.as_str());
-                        ensure!(out.value() == want, "{name}: worker {w} read {:?} after writing {want:?}", out.value());
+                        ensure!(
+                            out.value() == want,
+                            "{name}: worker {w} read {:?} after writing {want:?}",
+                            out.value()
+                        );
                     }
-                    Op::Transaction { .. } => counters.push(out.counter().ok_or_else(|| anyhow!("transaction returned {out:?}"))?),
+                    Op::Transaction { .. } => {
+                        counters.push(out.counter().ok_or_else(|| anyhow!("transaction returned {out:?}"))?)
+                    }
                     Op::WhoAmI => {
                         let id = out.id().ok_or_else(|| anyhow!("who_am_i returned {out:?}"))?;
                         ensure!(
@@ -243,7 +262,11 @@ async fn ops_accounted<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Re
     ctx.step("checking every operation is accounted for");
     let total = counters.len() as i64;
     let distinct: HashSet<i64> = counters.iter().copied().collect();
-    ensure!(distinct.len() == counters.len(), "{}: transactions returned duplicate counter values (an increment counted twice or lost)", a.name());
+    ensure!(
+        distinct.len() == counters.len(),
+        "{}: transactions returned duplicate counter values (an increment counted twice or lost)",
+        a.name()
+    );
     ensure!(
         counters.iter().all(|&n| (1..=total).contains(&n)),
         "{}: {total} transactions returned counters outside 1..={total}: an increment was lost",
@@ -272,7 +295,11 @@ async fn ops_accounted<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Re
     if caps.supports(Knob::Reuse) {
         // The pool's connections plus the adapter's one-off schema connection.
         let accepted = server.accepted();
-        ensure!(accepted <= MAX as u64 + 1, "{}: {accepted} connections were opened for a pool of {MAX}: connections are not reused", a.name());
+        ensure!(
+            accepted <= MAX as u64 + 1,
+            "{}: {accepted} connections were opened for a pool of {MAX}: connections are not reused",
+            a.name()
+        );
     }
     let ops = (WORKERS as u64 * per_worker) as f64;
     ctx.record(Metric::higher("ops_per_s", ops / elapsed.as_secs_f64()));
@@ -299,7 +326,10 @@ async fn kill_recovers<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Re
     ctx.step("killing every connection server side");
     let killed = server.kill_all();
     ensure!(killed as u64 >= open, "killed {killed} connections, {open} were open");
-    server.wait_count(|n| n == 0, Duration::from_secs(5)).await.map_err(|n| anyhow!("{n} connections survived kill_all"))?;
+    server
+        .wait_count(|n| n == 0, Duration::from_secs(5))
+        .await
+        .map_err(|n| anyhow!("{n} connections survived kill_all"))?;
     ctx.event("killed all");
 
     ctx.step("running until the pool serves again");
@@ -317,7 +347,12 @@ async fn kill_recovers<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Re
         describe(&failures)
     );
     for e in &failures {
-        ensure!(e.class() == ErrorClass::ConnectionBroken, "{}: an operation on a killed connection failed as [{}], not connection_broken: {e}", a.name(), e.class());
+        ensure!(
+            e.class() == ErrorClass::ConnectionBroken,
+            "{}: an operation on a killed connection failed as [{}], not connection_broken: {e}",
+            a.name(),
+            e.class()
+        );
     }
     ensure!(max_seen <= MAX as u64, "{}: {max_seen} connections at once while recovering (max_size {MAX})", a.name());
     pool.close().await;
@@ -341,18 +376,39 @@ async fn cut_reply<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result
         }
     }
     ensure!(cut.hits() == 1, "{}: five operations and no reply was cut (hits {})", a.name(), cut.hits());
-    ensure!(failures.len() <= 1, "{}: one cut reply failed {} operations: {}", a.name(), failures.len(), describe(&failures));
+    ensure!(
+        failures.len() <= 1,
+        "{}: one cut reply failed {} operations: {}",
+        a.name(),
+        failures.len(),
+        describe(&failures)
+    );
     if let Some(e) = failures.first() {
         // A cut that hits a connection being opened means no connection could
         // be had: connect_refused, like every I/O failure while connecting.
-        let want = if matches!(e.phase(), Phase::Create | Phase::Acquire) { ErrorClass::ConnectRefused } else { ErrorClass::ConnectionBroken };
-        ensure!(e.class() == want, "{}: a reply cut mid-message ({}) was classified [{}], not {want}: {e}", a.name(), e.phase(), e.class());
+        let want = if matches!(e.phase(), Phase::Create | Phase::Acquire) {
+            ErrorClass::ConnectRefused
+        } else {
+            ErrorClass::ConnectionBroken
+        };
+        ensure!(
+            e.class() == want,
+            "{}: a reply cut mid-message ({}) was classified [{}], not {want}: {e}",
+            a.name(),
+            e.phase(),
+            e.class()
+        );
     } else {
         ctx.note(format!("{}: the cut hit a validation query; no operation saw it", a.name()));
     }
     drop(cut);
     let after = until_serving(&pool, 5, Duration::from_secs(5)).await?;
-    ensure!(after.is_empty() || after.iter().all(|e| e.class() == ErrorClass::ConnectionBroken), "{}: after the cut: {}", a.name(), describe(&after));
+    ensure!(
+        after.is_empty() || after.iter().all(|e| e.class() == ErrorClass::ConnectionBroken),
+        "{}: after the cut: {}",
+        a.name(),
+        describe(&after)
+    );
     pool.close().await;
     Ok(())
 }
@@ -380,27 +436,48 @@ async fn stall_then_heal<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::
     let during = tokio::time::timeout(Duration::from_secs(1), &mut op).await;
     match (&during, client_side) {
         (Ok(Ok(Err(e))), true) => {
-            ensure!(e.class() == ErrorClass::OpTimeout, "{}: an operation on a stalled server failed [{}], not op_timeout: {e}", a.name(), e.class());
-            ensure!(t.elapsed() < OP_TIMEOUT + Duration::from_millis(900), "{}: op_timeout {OP_TIMEOUT:?} fired after {:?}", a.name(), t.elapsed());
+            ensure!(
+                e.class() == ErrorClass::OpTimeout,
+                "{}: an operation on a stalled server failed [{}], not op_timeout: {e}",
+                a.name(),
+                e.class()
+            );
+            ensure!(
+                t.elapsed() < OP_TIMEOUT + Duration::from_millis(900),
+                "{}: op_timeout {OP_TIMEOUT:?} fired after {:?}",
+                a.name(),
+                t.elapsed()
+            );
         }
         (Ok(Ok(Ok(out))), _) => bail!("{}: an operation succeeded on a stalled server: {out:?}", a.name()),
         // No op_timeout knob, but the client may have a fixed one (bb8-redis:
         // redis-rs's default 500 ms response timeout): op_timeout is still
         // the only acceptable failure.
-        (Ok(Ok(Err(e))), false) if e.class() == ErrorClass::OpTimeout => {
-            ctx.note(format!("{}: a built-in client-side timeout ended the stalled operation after {:?}: {e}", a.name(), t.elapsed()))
+        (Ok(Ok(Err(e))), false) if e.class() == ErrorClass::OpTimeout => ctx.note(format!(
+            "{}: a built-in client-side timeout ended the stalled operation after {:?}: {e}",
+            a.name(),
+            t.elapsed()
+        )),
+        (Ok(Ok(Err(e))), false) => {
+            bail!("{}: an operation on a stalled server failed [{}], not op_timeout: {e}", a.name(), e.class())
         }
-        (Ok(Ok(Err(e))), false) => bail!("{}: an operation on a stalled server failed [{}], not op_timeout: {e}", a.name(), e.class()),
         (Ok(Err(join)), _) => bail!("the operation task failed: {join}"),
         (Err(_), true) => bail!("{}: op_timeout {OP_TIMEOUT:?} did not end an operation stalled for 1 s", a.name()),
-        (Err(_), false) => ctx.note(format!("{}: no client-side op timeout: the stalled operation waits for the server", a.name())),
+        (Err(_), false) => {
+            ctx.note(format!("{}: no client-side op timeout: the stalled operation waits for the server", a.name()))
+        }
     }
 
     ctx.step("healing");
     drop(stall);
     if during.is_err() {
         let r = watchdog("the stalled operation after healing", op).await??;
-        ensure!(r.is_ok(), "{}: the stalled operation failed after healing: {}", a.name(), r.err().map(|e| format!("[{}] {e}", e.class())).unwrap_or_default());
+        ensure!(
+            r.is_ok(),
+            "{}: the stalled operation failed after healing: {}",
+            a.name(),
+            r.err().map(|e| format!("[{}] {e}", e.class())).unwrap_or_default()
+        );
     }
     let after = until_serving(&pool, 5, Duration::from_secs(5)).await?;
     ensure!(
@@ -419,7 +496,10 @@ async fn refused_auth<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Res
     run(&pool, &Op::Ping).await??;
     // No connection may survive: the next acquire must authenticate anew.
     server.kill_all();
-    server.wait_count(|n| n == 0, Duration::from_secs(5)).await.map_err(|n| anyhow!("{n} connections survived kill_all"))?;
+    server
+        .wait_count(|n| n == 0, Duration::from_secs(5))
+        .await
+        .map_err(|n| anyhow!("{n} connections survived kill_all"))?;
 
     ctx.step("refusing authentication");
     let refuse = server.misbehave(Misbehaviour::RefuseAuth);
@@ -431,7 +511,11 @@ async fn refused_auth<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Res
             // validate, redis-rs's ConnectionManager): not the refusal, which
             // comes with the connection opened next, whether or not that
             // already started. At most one per killed connection.
-            Err(e) if e.phase() == Phase::Op && e.class() == ErrorClass::ConnectionBroken && dead.len() < cfg.max_size => dead.push(e),
+            Err(e)
+                if e.phase() == Phase::Op && e.class() == ErrorClass::ConnectionBroken && dead.len() < cfg.max_size =>
+            {
+                dead.push(e)
+            }
             Err(e) => {
                 refused = Some(e);
                 break;
@@ -448,7 +532,12 @@ async fn refused_auth<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Res
         e.class()
     );
     ensure!(refuse.hits() >= 1, "{}: the failure was not the refusal: {e}", a.name());
-    ctx.note(format!("{}: refused auth -> [{}] {e} (after {} failure(s) of killed connections)", a.name(), e.class(), dead.len()));
+    ctx.note(format!(
+        "{}: refused auth -> [{}] {e} (after {} failure(s) of killed connections)",
+        a.name(),
+        e.class(),
+        dead.len()
+    ));
 
     ctx.step("healing: the same pool connects again");
     drop(refuse);
@@ -464,7 +553,10 @@ async fn slow_handshake<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::R
     let (server, pool) = setup(&ctx, &a, &cfg).await?;
     run(&pool, &Op::Ping).await??;
     server.kill_all();
-    server.wait_count(|n| n == 0, Duration::from_secs(5)).await.map_err(|n| anyhow!("{n} connections survived kill_all"))?;
+    server
+        .wait_count(|n| n == 0, Duration::from_secs(5))
+        .await
+        .map_err(|n| anyhow!("{n} connections survived kill_all"))?;
 
     ctx.step("holding every handshake");
     let hold = server.misbehave(Misbehaviour::SlowHandshake { delay: Duration::MAX });
@@ -487,8 +579,16 @@ async fn slow_handshake<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::R
         }
     }
     let e = failed.ok_or_else(|| anyhow!("{}: no acquire gave up while every handshake hangs", a.name()))?;
-    let bound = cfg.connect_timeout.into_iter().chain(cfg.acquire_timeout).max().unwrap_or(WATCHDOG) + Duration::from_secs(1);
-    ensure!(t.elapsed() <= bound, "{}: gave up after {:?} (connect {:?}, acquire {:?})", a.name(), t.elapsed(), cfg.connect_timeout, cfg.acquire_timeout);
+    let bound =
+        cfg.connect_timeout.into_iter().chain(cfg.acquire_timeout).max().unwrap_or(WATCHDOG) + Duration::from_secs(1);
+    ensure!(
+        t.elapsed() <= bound,
+        "{}: gave up after {:?} (connect {:?}, acquire {:?})",
+        a.name(),
+        t.elapsed(),
+        cfg.connect_timeout,
+        cfg.acquire_timeout
+    );
     ensure!(
         matches!(e.class(), ErrorClass::AcquireTimeout | ErrorClass::ConnectRefused),
         "{}: a hung handshake surfaced as [{}]: {e}",

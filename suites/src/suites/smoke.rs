@@ -363,7 +363,9 @@ async fn cleanup(ctx: TestCtx) -> anyhow::Result<()> {
 async fn no_server(ctx: TestCtx) -> anyhow::Result<()> {
     let empty = tempfile::tempdir()?;
     for backend in ["auto", "local"] {
-        ctx.step(format!("a child run of postgres::smoke::query with POOLSTRESS_BACKEND={backend}, no docker, no binaries"));
+        ctx.step(format!(
+            "a child run of postgres::smoke::query with POOLSTRESS_BACKEND={backend}, no docker, no binaries"
+        ));
         let report = tempfile::tempdir()?;
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
         cmd.args(["--include-tag", "layer_3", "--exact", "postgres::smoke::query", "--report-dir"])
@@ -389,7 +391,13 @@ async fn no_server(ctx: TestCtx) -> anyhow::Result<()> {
             "POOLSTRESS_BACKEND={backend} with no server anywhere: want exit {} (no service), got {code:?}:\n{text}",
             poolstress_harness::exit::FIXTURE_FAILURE
         );
-        for want in ["Three ways to get a server", "POOLSTRESS_BACKEND=docker", "build-local-images.sh", "POOLSTRESS_BACKEND=local", "POOLSTRESS_POSTGRES_URL"] {
+        for want in [
+            "Three ways to get a server",
+            "POOLSTRESS_BACKEND=docker",
+            "build-local-images.sh",
+            "POOLSTRESS_BACKEND=local",
+            "POOLSTRESS_POSTGRES_URL",
+        ] {
             ensure!(text.contains(want), "POOLSTRESS_BACKEND={backend}: the message lacks {want:?}:\n{text}");
         }
     }

@@ -54,7 +54,12 @@ impl CircuitBreaker {
         CircuitBreaker {
             threshold: threshold.max(1),
             cool_down,
-            inner: Mutex::new(Inner { state: BreakerState::Closed, failures: 0, opened_at: None, trial_in_flight: false }),
+            inner: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                failures: 0,
+                opened_at: None,
+                trial_in_flight: false,
+            }),
         }
     }
 
@@ -68,13 +73,19 @@ impl CircuitBreaker {
     }
 
     /// Runs `op` unless the breaker is open.
-    pub async fn call<T, E, Fut: Future<Output = Result<T, E>>>(&self, op: impl FnOnce() -> Fut) -> Result<T, BreakerError<E>> {
+    pub async fn call<T, E, Fut: Future<Output = Result<T, E>>>(
+        &self,
+        op: impl FnOnce() -> Fut,
+    ) -> Result<T, BreakerError<E>> {
         {
             let mut i = self.inner.lock();
             if i.state == BreakerState::Open {
                 let since = i.opened_at.map(|t| t.elapsed()).unwrap_or_default();
                 if since < self.cool_down || i.trial_in_flight {
-                    return Err(BreakerError::Open { failures: i.failures, retry_in: self.cool_down.saturating_sub(since) });
+                    return Err(BreakerError::Open {
+                        failures: i.failures,
+                        retry_in: self.cool_down.saturating_sub(since),
+                    });
                 }
                 i.state = BreakerState::HalfOpen;
                 i.trial_in_flight = true;

@@ -45,7 +45,9 @@ mod tests {
         assert_eq!((v, f), (1, Fallback::Hit));
         let (v, f) = cache_or_compute(|| async { Ok::<_, ()>(None) }, || async { 2 }, |_| async { Ok(()) }).await;
         assert_eq!((v, f), (2, Fallback::Miss));
-        let (v, f) = cache_or_compute(|| async { Err::<Option<i32>, _>("down") }, || async { 3 }, |_| async { Err("down") }).await;
+        let (v, f) =
+            cache_or_compute(|| async { Err::<Option<i32>, _>("down") }, || async { 3 }, |_| async { Err("down") })
+                .await;
         assert_eq!((v, f), (3, Fallback::CacheDown));
     }
 }

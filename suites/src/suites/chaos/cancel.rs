@@ -22,11 +22,11 @@ use poolstress_fixtures::{
 };
 use poolstress_harness::{Classify, Metric, TestCtx};
 
+use crate::kit::wait_until;
 use crate::kit::{
     bed::{Rig, Sampler},
     ledger::{after_fault, watchdog},
 };
-use crate::kit::wait_until;
 
 /// The fraction of workers aborted.
 pub const CANCEL_FRACTION: f64 = 0.6;

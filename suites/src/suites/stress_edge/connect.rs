@@ -95,7 +95,11 @@ fn check_error(name: &str, e: &PoolError) -> anyhow::Result<()> {
 
 /// `stress::edge::postgres::tls_overhead[tokio-postgres]`.
 pub(super) fn register_tls_driver(r: &mut Registry) {
-    r.test("stress::edge::postgres::tls_overhead[tokio-postgres]", &[tag::STRESS, tag::LAYER_3, tag::POSTGRES], tls_overhead);
+    r.test(
+        "stress::edge::postgres::tls_overhead[tokio-postgres]",
+        &[tag::STRESS, tag::LAYER_3, tag::POSTGRES],
+        tls_overhead,
+    );
 }
 
 async fn tls_overhead(ctx: TestCtx) -> anyhow::Result<()> {

@@ -11,7 +11,6 @@
 //! - [`connect`]: `unresolvable_host`, `tls_overhead` (TLS with tokio-postgres
 //!   itself when the server has TLS: no adapter speaks TLS, see [`tls`])
 
-
 use poolstress_fixtures::pool::{Adapter, Knob};
 use poolstress_harness::Registry;
 
@@ -80,4 +79,3 @@ pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<
     let prefix = format!("stress::edge::{}", S::NAME);
     register_matrix(r, &prefix, S::tags(), table, &adapters, FINDINGS);
 }
-
