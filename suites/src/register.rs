@@ -4,7 +4,7 @@ use poolstress_fixtures::pool::{self, Adapter, Mock, PoolAdapter, Postgres, Redi
 use poolstress_harness::Registry;
 
 use crate::{
-    kit::{Rig, ServiceFixture},
+    kit::{NetService, Rig, ServiceFixture},
     suites::{bench, chaos, conformance, exhaustion, layer2, stress_edge, stress_pg, stress_redis},
 };
 
@@ -17,26 +17,25 @@ pub trait PoolSuites: ServiceFixture {
 
 impl PoolSuites for Postgres {
     fn register_suites(r: &mut Registry, a: Adapter<Self>) {
-        conformance::register_adapters(r, vec![a.clone()]);
-        stress_pg::register_adapters(r, vec![a.clone()]);
-        stress_edge::register_adapters(r, vec![a.clone()]);
-        chaos::register_rigs(r, chaos::rigs_for(a.clone()));
-        exhaustion::register_adapters(r, vec![a.clone()]);
-        bench::register_adapters(r, vec![a.clone()]);
-        layer2::register_adapters(r, vec![a]);
+        register_net(r, a, stress_pg::register_adapters);
     }
 }
 
 impl PoolSuites for Redis {
     fn register_suites(r: &mut Registry, a: Adapter<Self>) {
-        conformance::register_adapters(r, vec![a.clone()]);
-        stress_redis::register_adapters(r, vec![a.clone()]);
-        stress_edge::register_adapters(r, vec![a.clone()]);
-        chaos::register_rigs(r, chaos::rigs_for(a.clone()));
-        exhaustion::register_adapters(r, vec![a.clone()]);
-        bench::register_adapters(r, vec![a.clone()]);
-        layer2::register_adapters(r, vec![a]);
+        register_net(r, a, stress_redis::register_adapters);
     }
+}
+
+/// Every suite for a network pool; `stress` is its service's catalogue.
+fn register_net<S: NetService>(r: &mut Registry, a: Adapter<S>, stress: fn(&mut Registry, Vec<Adapter<S>>)) {
+    conformance::register_adapters(r, vec![a.clone()]);
+    stress(r, vec![a.clone()]);
+    stress_edge::register_adapters(r, vec![a.clone()]);
+    chaos::register_rigs(r, chaos::rigs_for(a.clone()));
+    exhaustion::register_adapters(r, vec![a.clone()]);
+    bench::register_adapters(r, vec![a.clone()]);
+    layer2::register_adapters(r, vec![a]);
 }
 
 impl PoolSuites for Mock {
