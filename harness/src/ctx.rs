@@ -51,6 +51,13 @@ pub(crate) struct Inner {
     pub(crate) events: Mutex<Vec<Event>>,
     pub(crate) attachments: Mutex<BTreeMap<String, serde_json::Value>>,
     pub(crate) notes: Mutex<Vec<String>>,
+    /// Invariants the test bed saw broken (see [`TestCtx::violation`]).
+    pub(crate) violations: Mutex<Vec<String>>,
+}
+
+tokio::task_local! {
+    /// The test whose body runs on this task (set by the runner).
+    static CURRENT: TestCtx;
 }
 
 /// What a test knows about its run: name, tags, profile, seed; where it
@@ -76,8 +83,40 @@ impl TestCtx {
                 events: Mutex::new(Vec::new()),
                 attachments: Mutex::new(BTreeMap::new()),
                 notes: Mutex::new(Vec::new()),
+                violations: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// The test whose body is running on this task, if any: what the
+    /// fixtures use to watch the invariants of a pool built in a test body
+    /// without being handed its context. Tasks a body spawns do not see it.
+    pub fn current() -> Option<TestCtx> {
+        CURRENT.try_with(|c| c.clone()).ok()
+    }
+
+    /// Runs `fut` as this test's body: [`TestCtx::current`] is this context inside it.
+    pub fn scope<F: std::future::Future>(&self, fut: F) -> impl std::future::Future<Output = F::Output> {
+        CURRENT.scope(self.clone(), fut)
+    }
+
+    /// Records an invariant the test bed saw broken (a pool handing out more
+    /// than max_size checkouts, an acquire or op running far past the pool's
+    /// own timeout). The test fails with it even if its body passed; the
+    /// same message is kept once.
+    pub fn violation(&self, message: impl Into<String>) {
+        let m = message.into();
+        let mut v = self.inner.violations.lock();
+        if !v.contains(&m) {
+            self.event(format!("invariant broken: {m}"));
+            v.push(m);
+        }
+    }
+
+    /// Takes the violations recorded so far (a self-test that runs a scenario
+    /// against a broken pool and expects them).
+    pub fn take_violations(&self) -> Vec<String> {
+        std::mem::take(&mut *self.inner.violations.lock())
     }
 
     /// A context outside a run (unit tests, examples): quick profile, seed 0.

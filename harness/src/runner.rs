@@ -131,6 +131,15 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
             opts.report_dir.display()
         );
     }
+    report::run_fact("build.harness_opt_level", HARNESS_OPT_LEVEL);
+    report::run_fact("build.harness_profile", env!("POOLSTRESS_HARNESS_PROFILE"));
+    if HARNESS_OPT_LEVEL == "0" {
+        eprintln!(
+            "poolstress: warning: the harness was built without optimizations (opt-level 0): its load generator \
+             is then slower than the pools it measures. Add to your Cargo.toml:\n  \
+             [profile.dev.package.\"*\"]\n  opt-level = 2"
+        );
+    }
 
     let records: Arc<Mutex<Vec<TestRecord>>> = Arc::new(Mutex::new(Vec::new()));
     let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -323,9 +332,61 @@ fn execute(ctx: &TestCtx, body: crate::registry::Body, deadline: Duration) -> (O
         Ok(rt) => rt,
         Err(e) => return (Outcome::Failed, Some(format!("could not start a tokio runtime: {e}")), false),
     };
-    let fut = body(ctx.clone());
+    let fut = ctx.scope(body(ctx.clone()));
+    let beat = rt.spawn(heartbeat(ctx.clone(), heartbeat_every()));
     let result = rt.block_on(async { tokio::time::timeout(deadline, AssertUnwindSafe(fut).catch_unwind()).await });
+    beat.abort();
     rt.shutdown_timeout(Duration::from_secs(5));
+    with_violations(ctx, judge(ctx, result, deadline))
+}
+
+/// The opt-level the harness was compiled at (`0` in a crate with default profiles).
+pub const HARNESS_OPT_LEVEL: &str = env!("POOLSTRESS_HARNESS_OPT_LEVEL");
+
+/// Env var: seconds between heartbeat lines of a long test (default 60).
+pub const HEARTBEAT_ENV: &str = "POOLSTRESS_HEARTBEAT_SECS";
+
+fn heartbeat_every() -> Duration {
+    std::env::var(HEARTBEAT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(60))
+}
+
+/// Every `every`, says on stderr (a terminal and CI logs alike) that the test
+/// is still running and what it is doing (its `ctx.step`).
+async fn heartbeat(ctx: TestCtx, every: Duration) {
+    let mut n = 0u32;
+    loop {
+        tokio::time::sleep(every).await;
+        n += 1;
+        eprintln!(
+            "poolstress: {} still running after {:.0?}: {}",
+            ctx.name(),
+            every * n,
+            ctx.current_step()
+        );
+    }
+}
+
+/// A body's outcome, failed if the test bed saw an invariant broken.
+fn with_violations(ctx: &TestCtx, judged: (Outcome, Option<String>, bool)) -> (Outcome, Option<String>, bool) {
+    let v = ctx.take_violations();
+    if v.is_empty() {
+        return judged;
+    }
+    let broken = format!("invariant broken: {}", v.join("; "));
+    match judged {
+        (Outcome::Failed, Some(m), f) => (Outcome::Failed, Some(format!("{m}\n{broken}")), f),
+        _ => (Outcome::Failed, Some(broken), false),
+    }
+}
+
+type BodyResult = Result<Result<anyhow::Result<()>, Box<dyn std::any::Any + Send>>, tokio::time::error::Elapsed>;
+
+fn judge(ctx: &TestCtx, result: BodyResult, deadline: Duration) -> (Outcome, Option<String>, bool) {
     match result {
         Err(_elapsed) => (
             Outcome::Failed,

@@ -27,6 +27,16 @@ pub fn register(r: &mut Registry) {
     })
     .deadline(Duration::from_millis(300));
     r.test("selftest_fixture::skip", &["fx_skip"], |ctx| async move { Err(ctx.skip("no TLS-enabled server")) });
+    r.test("selftest_fixture::static_skip", &["fx_static_skip"], |_ctx| async { Ok(()) }).skip("tiny-pool lacks min_idle");
+    r.test("selftest_fixture::slow", &["fx_slow"], |ctx| async move {
+        ctx.step("slowly doing the work");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        Ok(())
+    });
+    r.test("selftest_fixture::invariant", &["fx_invariant"], |ctx| async move {
+        ctx.violation("fx-pool: 3 checkouts out at once, above max_size 2");
+        Ok(())
+    });
     r.test("selftest_fixture::fixture_missing", &["fx_fixture"], |_ctx| async {
         Err(anyhow::Error::new(FixtureFailure("no Docker engine and no server binaries".into())))
     });

@@ -144,6 +144,32 @@ pub fn register(r: &mut Registry) {
         ensure!(c.code == 0, "--allow-empty: {}", c.explain());
         Ok(())
     });
+    selftest(r, "guard::a_skipped_test_run_alone_by_exact_name_exits_0", || async {
+        // What nextest does: every test in its own process, by exact name.
+        for name in ["selftest_fixture::skip", "selftest_fixture::static_skip"] {
+            let c = run_child(&["--exact", name], &[]).await?;
+            ensure!(c.code == 0, "{name} alone: {}", c.explain());
+            ensure!(c.outcome(name.trim_start_matches("selftest_fixture::")).as_deref() == Some("skipped"), "{}", c.explain());
+        }
+        Ok(())
+    });
+    selftest(r, "heartbeat::a_long_test_says_what_it_is_doing", || async {
+        let c = run_child(&["--include-tag", "fx_slow"], &[("POOLSTRESS_HEARTBEAT_SECS", "0.4")]).await?;
+        ensure!(c.code == 0, "{}", c.explain());
+        let beats = c.stderr.lines().filter(|l| l.contains("selftest_fixture::slow still running after")).count();
+        ensure!(beats >= 2, "expected heartbeats every 0.4 s over 1.3 s, saw {beats}:\n{}", c.explain());
+        ensure!(c.stderr.contains("slowly doing the work"), "the heartbeat must say the step:\n{}", c.explain());
+        let c = run_child(&["--include-tag", "fx_a"], &[("POOLSTRESS_HEARTBEAT_SECS", "0.4")]).await?;
+        ensure!(!c.stderr.contains("still running"), "a quick test has no heartbeat:\n{}", c.explain());
+        Ok(())
+    });
+    selftest(r, "outcome::a_broken_invariant_fails_a_passing_body", || async {
+        let c = run_child(&["--include-tag", "fx_invariant"], &[]).await?;
+        ensure!(c.code == exit::TEST_FAILURE as i32, "{}", c.explain());
+        ensure!(c.outcome("invariant").as_deref() == Some("failed"), "{}", c.explain());
+        ensure!(c.stdout.contains("invariant broken: fx-pool: 3 checkouts out at once"), "{}", c.explain());
+        Ok(())
+    });
     selftest(r, "isolation::failure_and_panic_fail_only_that_test", || async {
         let c = run_child(&["--include-tag", "fx_a,fx_fail,fx_panic"], &[]).await?;
         ensure!(c.code == exit::TEST_FAILURE as i32, "{}", c.explain());

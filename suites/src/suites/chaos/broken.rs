@@ -7,6 +7,10 @@
 //! - [`NeverReconnects`]: a wrapper that keeps handing out the first
 //!   connection it got, dead or alive. `kill_60pct_workers` must fail naming
 //!   "never reconnected".
+//! - [`Oversubscribes`]: a wrapper that, when its pool is exhausted, opens
+//!   connections past max_size from a second pool (a create race, in
+//!   effect). `gradual_exhaustion` must fail, and the test bed's always-on
+//!   watch names it: "above max_size".
 //!
 //! Each runs at layer_1 (over the mock) and layer_2 (over deadpool-postgres
 //! and deadpool-redis on the stand-ins), so no server is needed. With
@@ -24,7 +28,7 @@ use poolstress_fixtures::pool::{
 };
 use poolstress_harness::{tag, Registry, TestCtx};
 
-use super::{cancel::cancel_holding, kills::kill_60pct_workers};
+use super::{cancel::cancel_holding, kills::kill_60pct_workers, leak::gradual_exhaustion};
 use crate::kit::{NetService, Rig};
 
 /// Set to register the raw (failing) broken scenarios.
@@ -41,6 +45,18 @@ pub struct Broken<S: Service> {
 enum How {
     LosesCapacity,
     NeverReconnects,
+    Oversubscribes,
+}
+
+/// A pool that hands out connections past max_size when exhausted.
+pub struct Oversubscribes;
+
+impl Oversubscribes {
+    /// Wraps `inner`.
+    pub fn wrap<S: Service>(inner: Adapter<S>) -> Adapter<S> {
+        let name = format!("oversubscribes({})", inner.name());
+        Adapter::new(Broken { inner, how: How::Oversubscribes, name })
+    }
 }
 
 /// A pool that loses a slot whenever a checkout is dropped mid-operation.
@@ -89,6 +105,12 @@ impl<S: Service> PoolAdapter for Broken<S> {
             Ok(match self.how {
                 How::LosesCapacity => Box::new(Forgetful(inner)) as Box<dyn PoolUnderTest>,
                 How::NeverReconnects => Box::new(Sticky { inner, conn: Arc::new(tokio::sync::Mutex::new(None)) }),
+                How::Oversubscribes => {
+                    // Acquires on the first pool must give up quickly to fall over.
+                    let quick = PoolConfig { acquire_timeout: Some(std::time::Duration::from_millis(20)), ..config.clone() };
+                    let first = self.inner.build(&quick, target).await?;
+                    Box::new(Overflowing { first, overflow: inner })
+                }
             })
         })
     }
@@ -136,6 +158,32 @@ impl Drop for ForgetfulConn {
     }
 }
 
+/// When the first pool has no connection free, takes one from a second.
+struct Overflowing {
+    first: pool::Pool,
+    overflow: pool::Pool,
+}
+
+impl PoolUnderTest for Overflowing {
+    fn acquire(&self) -> BoxFuture<'_, Result<Checkout, PoolError>> {
+        Box::pin(async move {
+            match self.first.acquire().await {
+                Ok(c) => Ok(Checkout::new(Wrapped(c))),
+                // THE BUG: exhausted, it opens more instead of waiting.
+                Err(_) => Ok(Checkout::new(Wrapped(self.overflow.acquire().await?))),
+            }
+        })
+    }
+}
+
+struct Wrapped(Checkout);
+
+impl Connection for Wrapped {
+    fn run<'a>(&'a mut self, op: &'a Op) -> BoxFuture<'a, Result<OpOutput, PoolError>> {
+        Box::pin(self.0.run(op))
+    }
+}
+
 /// Keeps the first connection it got and hands it out forever.
 struct Sticky {
     inner: pool::Pool,
@@ -169,6 +217,12 @@ type Body = fn(TestCtx, Rig) -> BoxFuture<'static, anyhow::Result<()>>;
 pub fn register(r: &mut Registry) {
     let raw = std::env::var_os(RAW_ENV).is_some();
     let mock = pool::mock_adapters().remove(0);
+    let over = Rig::mock(Oversubscribes::wrap(mock.clone()));
+    r.test("chaos::broken::oversubscribes_when_exhausted[mock]", &[tag::CHAOS, tag::LAYER_1], move |ctx| {
+        let rig = over.clone();
+        async move { must_fail(ctx, rig, |c, r| Box::pin(gradual_exhaustion(c, r)), "above max_size").await }
+    })
+    .exclusive(false);
     let mut rigs: Vec<(Rig, Rig, Vec<&'static str>)> = vec![(
         Rig::mock(LosesCapacity::wrap(mock.clone())),
         Rig::mock(NeverReconnects::wrap(mock.clone())),
@@ -218,7 +272,7 @@ fn inner_name(wrapped: &str) -> String {
 /// message must name the failure.
 async fn must_fail(ctx: TestCtx, rig: Rig, body: Body, must: &str) -> anyhow::Result<()> {
     let adapter = rig.adapter.clone();
-    match body(ctx.clone(), rig).await {
+    match crate::kit::with_violations(&ctx, body(ctx.clone(), rig).await) {
         Ok(()) => bail!(
             "the chaos scenario passed against {adapter}, a deliberately broken adapter: it cannot catch this bug"
         ),
