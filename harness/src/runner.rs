@@ -362,12 +362,7 @@ async fn heartbeat(ctx: TestCtx, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         n += 1;
-        eprintln!(
-            "poolstress: {} still running after {:.0?}: {}",
-            ctx.name(),
-            every * n,
-            ctx.current_step()
-        );
+        eprintln!("poolstress: {} still running after {:.0?}: {}", ctx.name(), every * n, ctx.current_step());
     }
 }
 

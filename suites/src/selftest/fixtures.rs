@@ -27,7 +27,8 @@ pub fn register(r: &mut Registry) {
     })
     .deadline(Duration::from_millis(300));
     r.test("selftest_fixture::skip", &["fx_skip"], |ctx| async move { Err(ctx.skip("no TLS-enabled server")) });
-    r.test("selftest_fixture::static_skip", &["fx_static_skip"], |_ctx| async { Ok(()) }).skip("tiny-pool lacks min_idle");
+    r.test("selftest_fixture::static_skip", &["fx_static_skip"], |_ctx| async { Ok(()) })
+        .skip("tiny-pool lacks min_idle");
     r.test("selftest_fixture::slow", &["fx_slow"], |ctx| async move {
         ctx.step("slowly doing the work");
         tokio::time::sleep(Duration::from_millis(1300)).await;

@@ -149,7 +149,11 @@ pub fn register(r: &mut Registry) {
         for name in ["selftest_fixture::skip", "selftest_fixture::static_skip"] {
             let c = run_child(&["--exact", name], &[]).await?;
             ensure!(c.code == 0, "{name} alone: {}", c.explain());
-            ensure!(c.outcome(name.trim_start_matches("selftest_fixture::")).as_deref() == Some("skipped"), "{}", c.explain());
+            ensure!(
+                c.outcome(name.trim_start_matches("selftest_fixture::")).as_deref() == Some("skipped"),
+                "{}",
+                c.explain()
+            );
         }
         Ok(())
     });

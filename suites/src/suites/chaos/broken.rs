@@ -107,7 +107,8 @@ impl<S: Service> PoolAdapter for Broken<S> {
                 How::NeverReconnects => Box::new(Sticky { inner, conn: Arc::new(tokio::sync::Mutex::new(None)) }),
                 How::Oversubscribes => {
                     // Acquires on the first pool must give up quickly to fall over.
-                    let quick = PoolConfig { acquire_timeout: Some(std::time::Duration::from_millis(20)), ..config.clone() };
+                    let quick =
+                        PoolConfig { acquire_timeout: Some(std::time::Duration::from_millis(20)), ..config.clone() };
                     let first = self.inner.build(&quick, target).await?;
                     Box::new(Overflowing { first, overflow: inner })
                 }
