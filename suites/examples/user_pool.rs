@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use poolstress::{
     fixtures::{
         pool::{
-            self, pg::driver::Client, BuildError, Capabilities, Cause, Checkout, Connection, Knob, Op, OpOutput, Phase,
+            self, pg::driver::Client, BuildError, Capabilities, Cause, Checkout, Connection, Knob, Op, OpOutput, Stage,
             PoolAdapter, PoolConfig, PoolError, PoolStatus, PoolUnderTest, Postgres,
         },
         PgTarget,
@@ -124,10 +124,10 @@ impl PoolUnderTest for TinyPool {
             let slot = match sh.config.acquire_timeout {
                 Some(t) => tokio::time::timeout(t, slot)
                     .await
-                    .map_err(|_| PoolError::new(Phase::Wait, Cause::TimedOut(Some(t))))?,
+                    .map_err(|_| PoolError::new(Stage::Wait, Cause::TimedOut(Some(t))))?,
                 None => slot.await,
             }
-            .map_err(|_| PoolError::new(Phase::Wait, Cause::Closed))?;
+            .map_err(|_| PoolError::new(Stage::Wait, Cause::Closed))?;
             let idle = loop {
                 match sh.idle.lock().pop() {
                     Some(c) if c.is_closed() => continue,

@@ -9,7 +9,7 @@ use poolstress::{
     fixtures::{
         pool::{
             self, redis::driver::aio::MultiplexedConnection, BuildError, Capabilities, Cause, Checkout, Connection,
-            Knob, Op, OpOutput, Phase, PoolAdapter, PoolConfig, PoolError, PoolStatus, PoolUnderTest, Redis,
+            Knob, Op, OpOutput, Stage, PoolAdapter, PoolConfig, PoolError, PoolStatus, PoolUnderTest, Redis,
         },
         RedisTarget,
     },
@@ -56,10 +56,10 @@ impl PoolUnderTest for MyPool {
             let slot = match sh.config.acquire_timeout {
                 Some(t) => tokio::time::timeout(t, slot)
                     .await
-                    .map_err(|_| PoolError::new(Phase::Wait, Cause::TimedOut(Some(t))))?,
+                    .map_err(|_| PoolError::new(Stage::Wait, Cause::TimedOut(Some(t))))?,
                 None => slot.await,
             }
-            .map_err(|_| PoolError::new(Phase::Wait, Cause::Closed))?;
+            .map_err(|_| PoolError::new(Stage::Wait, Cause::Closed))?;
             let idle = sh.idle.lock().unwrap().pop();
             let conn = match idle {
                 Some(c) => c,

@@ -21,7 +21,7 @@ use poolstress_fixtures::{
     pool::{pg::driver::NoTls, redis::driver as redis_rs, Knob, Mock, MockServer, Postgres, Redis, Service},
     service::{self, pg_target_config, ServerControl},
     standin::{
-        ConnectionSnapshot, Misbehaving, Misbehaviour, PgConfig, PgServer, RespConfig, RespServer, StandinCounter,
+        ConnectionSnapshot, Misbehaving, Misbehaviour, PgConfig, PgStandin, RespConfig, RespStandin, StandinCounter,
     },
     PgTarget, RedisTarget,
 };
@@ -166,9 +166,9 @@ where
 /// A running stand-in of either kind.
 pub enum Standin {
     /// The Postgres stand-in.
-    Pg(PgServer),
+    Pg(PgStandin),
     /// The Redis stand-in.
-    Redis(RespServer),
+    Redis(RespStandin),
 }
 
 macro_rules! both {
@@ -260,7 +260,7 @@ impl NetService for Postgres {
     const SLOW_OP_NEEDS: &'static [Knob] = &[];
 
     fn start_standin(ctx: &TestCtx) -> anyhow::Result<(Standin, PgTarget)> {
-        let s = PgServer::start(PgConfig::named(ctx.slug())).map_err(|e| e.into_fixture_failure())?;
+        let s = PgStandin::start(PgConfig::named(ctx.slug())).map_err(|e| e.into_fixture_failure())?;
         let t = s.target();
         Ok((Standin::Pg(s), t))
     }
@@ -322,7 +322,7 @@ impl NetService for Redis {
     const SLOW_OP_NEEDS: &'static [Knob] = &[Knob::OpTimeout];
 
     fn start_standin(ctx: &TestCtx) -> anyhow::Result<(Standin, RedisTarget)> {
-        let s = RespServer::start(RespConfig::named(ctx.slug())).map_err(|e| e.into_fixture_failure())?;
+        let s = RespStandin::start(RespConfig::named(ctx.slug())).map_err(|e| e.into_fixture_failure())?;
         let t = s.target();
         Ok((Standin::Redis(s), t))
     }

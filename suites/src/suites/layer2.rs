@@ -44,7 +44,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context};
 use poolstress_fixtures::{
     fault::FaultKind,
-    pool::{self, Adapter, Knob, Op, Phase, Pool, PoolConfig, PoolError},
+    pool::{self, Adapter, Knob, Op, Stage, Pool, PoolConfig, PoolError},
     standin::{Misbehaviour, StandinCounter},
 };
 use poolstress_harness::{Classify, ErrorClass, Metric, Registry, TestCtx};
@@ -386,7 +386,7 @@ async fn cut_reply<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result
     if let Some(e) = failures.first() {
         // A cut that hits a connection being opened means no connection could
         // be had: connect_refused, like every I/O failure while connecting.
-        let want = if matches!(e.phase(), Phase::Create | Phase::Acquire) {
+        let want = if matches!(e.phase(), Stage::Create | Stage::Acquire) {
             ErrorClass::ConnectRefused
         } else {
             ErrorClass::ConnectionBroken
@@ -512,7 +512,7 @@ async fn refused_auth<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Res
             // comes with the connection opened next, whether or not that
             // already started. At most one per killed connection.
             Err(e)
-                if e.phase() == Phase::Op && e.class() == ErrorClass::ConnectionBroken && dead.len() < cfg.max_size =>
+                if e.phase() == Stage::Op && e.class() == ErrorClass::ConnectionBroken && dead.len() < cfg.max_size =>
             {
                 dead.push(e)
             }
@@ -568,7 +568,7 @@ async fn slow_handshake<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::R
             // A connection killed above, noticed now (redis-rs's
             // ConnectionManager reconnects only after a command failed): not
             // the hung handshake, whether or not the reconnect already hit it.
-            if e.class() == ErrorClass::ConnectionBroken && e.phase() == Phase::Op && dead < cfg.max_size {
+            if e.class() == ErrorClass::ConnectionBroken && e.phase() == Stage::Op && dead < cfg.max_size {
                 dead += 1;
                 continue;
             }

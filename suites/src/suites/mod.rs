@@ -29,5 +29,5 @@ pub fn register(r: &mut Registry) {
     harness_bench::register(r);
     smoke::register(r);
     stress_edge::register_tls_driver(r);
-    stress_pg::broken::register(r);
+    stress_pg::broken_pools::register(r);
 }

@@ -10,9 +10,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context};
 use futures::FutureExt;
-use poolstress_fixtures::pool::{Adapter, Knob, Op, Phase, PoolConfig, PoolError, Postgres};
+use poolstress_fixtures::pool::{Adapter, Knob, Op, PoolConfig, PoolError, Postgres, Stage};
 use poolstress_harness::{
-    load::{Limit, OpTimer, Phase as LoadPhase, Plan},
+    load::{Limit, OpTimer, Phase, Plan},
     metrics::Quantile,
     Classify, ErrorClass, Metric, TestCtx,
 };
@@ -125,7 +125,7 @@ pub async fn exhaustion_waiters_all_served(ctx: TestCtx, a: Adapter<Postgres>) -
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (pool, fl, pk) = (fx.pool.clone(), in_flight.clone(), peak.clone());
-    let stats = LoadPhase::burst("waiters", requests as u64, within)
+    let stats = Phase::burst("waiters", requests as u64, within)
         .grace(Duration::from_secs(3))
         .run(&ctx, move |mut t: OpTimer| {
             let (pool, fl, pk) = (pool.clone(), fl.clone(), pk.clone());
@@ -223,7 +223,7 @@ pub async fn graceful_degradation_normal_heavy_overload(ctx: TestCtx, a: Adapter
     let phases = [("normal", (max / 2).max(1), 0.01), ("heavy", 2 * max, 0.01), ("overload", 5 * max, 0.10)];
     let plan = phases.iter().fold(Plan::new(), |p, (n, w, _)| {
         p.then(
-            LoadPhase::closed(*n, *w, Limit::new(1_000_000, phase_len))
+            Phase::closed(*n, *w, Limit::new(1_000_000, phase_len))
                 .grace(grace)
                 .timeline_bucket(Duration::from_millis(100)),
         )
@@ -301,7 +301,7 @@ pub async fn exhaustion_error_is_actionable(ctx: TestCtx, a: Adapter<Postgres>) 
     // What timed out: nothing was being opened or checked, so it is the wait
     // for a slot (or one acquire timeout, for pools that report only that).
     ensure!(
-        matches!(e.phase(), Phase::Wait | Phase::Acquire),
+        matches!(e.phase(), Stage::Wait | Stage::Acquire),
         "{name}: with every connection held and none being opened or checked, the timeout names phase {:?} ({}): \
          it should be waiting for a free slot (or acquiring, for pools that report a single timeout). Message: {msg}",
         e.phase(),

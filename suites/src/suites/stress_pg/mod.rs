@@ -28,7 +28,7 @@
 //! so other suites run them too (the deliberately broken pools of
 //! [`crate::suites::broken`] must make them fail).
 
-pub mod broken;
+pub mod broken_pools;
 pub mod concurrency;
 pub mod configuration;
 pub mod exhaustion;
