@@ -34,8 +34,8 @@ use parking_lot::Mutex;
 use poolstress::{
     fixtures::{
         pool::{
-            self, pg::driver::Client, BuildError, Capabilities, Cause, Checkout, Connection, Knob, Op, OpOutput, Stage,
-            PoolAdapter, PoolConfig, PoolError, PoolStatus, PoolUnderTest, Postgres,
+            self, pg::driver::Client, BuildError, Capabilities, Cause, Checkout, Connection, Knob, Op, OpOutput,
+            PoolAdapter, PoolConfig, PoolError, PoolStatus, PoolUnderTest, Postgres, Stage,
         },
         PgTarget,
     },

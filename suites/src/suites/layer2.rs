@@ -44,7 +44,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context};
 use poolstress_fixtures::{
     fault::FaultKind,
-    pool::{self, Adapter, Knob, Op, Stage, Pool, PoolConfig, PoolError},
+    pool::{self, Adapter, Knob, Op, Pool, PoolConfig, PoolError, Stage},
     standin::{Misbehaviour, StandinCounter},
 };
 use poolstress_harness::{Classify, ErrorClass, Metric, Registry, TestCtx};
