@@ -171,7 +171,7 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
     let mut tests = std::mem::take(&mut *records.lock());
     tests.extend(statically_ignored);
     tests.sort_by(|a, b| a.name.cmp(&b.name));
-    let summary = RunSummary {
+    let mut summary = RunSummary {
         format_version: 1,
         started_unix_s,
         profile: opts.profile.to_string(),
@@ -185,6 +185,8 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
         run: report::take_run_facts(),
         tests,
     };
+    let suite_time = report::scorecard::suite_times(&summary.tests);
+    summary.run.insert("suite_time".into(), serde_json::to_value(suite_time).unwrap_or_default());
     write_reports(&opts, &summary, args.quiet);
 
     let ran = conclusion.num_passed + conclusion.num_failed;

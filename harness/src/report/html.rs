@@ -193,6 +193,16 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
         s.duration_ms / 1e3
     );
     h.push_str(&super::scorecard::html(&s.tests));
+    let times = super::scorecard::suite_times(&s.tests);
+    if !times.is_empty() {
+        h.push_str(
+            "<h2 id=\"suite-time\">Time per suite</h2><table><tr><th>suite</th><th>tests</th><th>test time</th></tr>",
+        );
+        for t in &times {
+            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{:.1} s</td></tr>", escape(&t.suite), t.tests, t.ms / 1e3);
+        }
+        h.push_str("</table>");
+    }
     h.push_str("<table><tr><th>test</th><th>tags</th><th>outcome</th><th>time</th><th>metrics</th></tr>");
     for t in &s.tests {
         let _ = write!(

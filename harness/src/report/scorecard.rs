@@ -298,7 +298,55 @@ pub fn markdown(s: &RunSummary) -> String {
     if let Some(card) = scorecard(&s.tests) {
         let _ = write!(md, "\n## Scorecard\n\n{}", markdown_table(&card));
     }
+    let times = suite_times(&s.tests);
+    if !times.is_empty() {
+        md.push_str("\n## Time per suite\n\n| suite | tests | test time (s) |\n|---|---|---|\n");
+        for t in &times {
+            let _ = writeln!(md, "| `{}` | {} | {:.1} |", t.suite, t.tests, t.ms / 1e3);
+        }
+    }
     md
+}
+
+/// The test time of one suite in a run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SuiteTime {
+    /// `chaos::postgres`, `stress::redis`, `harness`: a test name's first two
+    /// segments (its first alone when it has only two).
+    pub suite: String,
+    /// Tests of it that ran or were skipped.
+    pub tests: usize,
+    /// The sum of their wall times (tests may overlap: this is not the run's wall time).
+    pub ms: f64,
+}
+
+/// The suite a test belongs to: its name's first two segments, or its first
+/// when it has no more than two.
+pub fn suite_of(name: &str) -> String {
+    let base = name.split('[').next().unwrap_or(name);
+    let segs: Vec<&str> = base.split("::").collect();
+    if segs.len() > 2 {
+        segs[..2].join("::")
+    } else {
+        segs[0].to_string()
+    }
+}
+
+/// Test time per suite, longest first, so the next regression in suite time is visible.
+pub fn suite_times(tests: &[TestRecord]) -> Vec<SuiteTime> {
+    let mut by: Vec<SuiteTime> = Vec::new();
+    for t in tests {
+        let suite = suite_of(&t.name);
+        match by.iter_mut().find(|s| s.suite == suite) {
+            Some(s) => {
+                s.tests += 1;
+                s.ms += t.duration_ms;
+            }
+            None => by.push(SuiteTime { suite, tests: 1, ms: t.duration_ms }),
+        }
+    }
+    by.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    by
 }
 
 /// The scorecard as an HTML heading and table (empty without a scorecard).
@@ -573,5 +621,35 @@ mod tests {
         );
         assert_eq!(key_metric(&plain).unwrap().name, "cancelled_workers");
         assert_eq!(cell_of(&t, "p").text, "✓ kill_recovery_ms 50");
+    }
+
+    #[test]
+    fn suite_times_group_by_the_first_two_segments_longest_first() {
+        let t = |n: &str, ms: f64| TestRecord { duration_ms: ms, ..rec(n, Outcome::Passed, None, vec![]) };
+        let tests = vec![
+            t("chaos::postgres::kill[a]", 1000.0),
+            t("chaos::postgres::cancel[b]", 500.0),
+            t("stress::redis::exhaustion::x[a]", 3000.0),
+            t("harness::guard", 10.0),
+        ];
+        let times = suite_times(&tests);
+        let got: Vec<(&str, usize, f64)> = times.iter().map(|s| (s.suite.as_str(), s.tests, s.ms)).collect();
+        assert_eq!(got, vec![("stress::redis", 1, 3000.0), ("chaos::postgres", 2, 1500.0), ("harness", 1, 10.0)]);
+        let s = RunSummary {
+            format_version: 1,
+            started_unix_s: 0,
+            profile: "quick".into(),
+            seed: 1,
+            selection: String::new(),
+            passed: 4,
+            failed: 0,
+            ignored: 0,
+            filtered_out: 0,
+            duration_ms: 3000.0,
+            run: Default::default(),
+            tests,
+        };
+        let md = markdown(&s);
+        assert!(md.contains("## Time per suite") && md.contains("| `chaos::postgres` | 2 | 1.5 |"), "{md}");
     }
 }

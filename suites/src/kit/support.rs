@@ -28,12 +28,17 @@ pub async fn setup<S: ServiceFixture>(
     // Postgres: the connection that prepared the test's schema is closed on
     // our side; wait until the server has let it go too, so server-side
     // counts from here on are the pool's alone.
-    let opened = pool.status().and_then(|s| s.size).unwrap_or(usize::from(a.capabilities().supports(Knob::Reuse)));
+    // The pool's size is read at each poll: a pool that pre-warms in the
+    // background (min_idle) grows after its build returned.
+    let floor = cfg.min_idle.unwrap_or(0).max(usize::from(a.capabilities().supports(Knob::Reuse)));
     let counter = fx.counter.clone();
     wait_until(
         &format!("{}: only the pool's connections server side after building it", a.name()),
         Duration::from_secs(5),
-        || async { Ok(counter.count().await? <= opened as u64) },
+        || async {
+            let opened = pool.status().and_then(|s| s.size).unwrap_or(floor);
+            Ok(counter.count().await? <= opened as u64)
+        },
     )
     .await?;
     Ok((fx, pool))
