@@ -60,10 +60,10 @@ impl PoolSuites for Mock {
 /// ```no_run
 /// # use poolstress::fixtures::pool::{self, PoolAdapter};
 /// # fn main() -> std::process::ExitCode {
-/// # let my_pool = pool::DeadpoolRedis;
+/// # let my_pool = pool::DirectRedis;
 /// let mut r = poolstress::Registry::new();
 /// poolstress::register_pool(&mut r, my_pool);                 // your PoolAdapter
-/// poolstress::register_pool(&mut r, pool::DeadpoolRedis);     // a built-in beside it
+/// poolstress::register_pool(&mut r, pool::DirectRedis);       // a built-in beside it
 /// poolstress::run(r)
 /// # }
 /// ```
