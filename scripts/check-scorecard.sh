@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks that a run's reports open with the scorecard showing the given pools
-# side by side, and takes a headless-Chromium screenshot of report.html.
+# side by side, and takes a headless-Chromium screenshot of report.html
+# (through scripts/check-html-report.sh).
 # Usage: scripts/check-scorecard.sh REPORT_DIR POOL [POOL...]
 set -euo pipefail
 dir=$1; shift
@@ -20,12 +21,6 @@ i, j = h.find('id="scorecard"'), h.find("<th>test</th>")
 assert i >= 0, "report.html has no scorecard"
 assert j < 0 or i < j, "the scorecard is not at the top of report.html"
 PY
-browser=$(command -v chromium || command -v chromium-browser || true)
-[ -n "$browser" ] || { echo "no Chromium to screenshot $html (apt-get install chromium)"; exit 1; }
-rm -f "$png"
-timeout 120 "$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars \
-  --window-size=1400,1400 --screenshot="$(realpath -m "$png")" "file://$(realpath "$html")" >/dev/null 2>&1 || true
-[ -s "$png" ] || { echo "Chromium wrote no screenshot of $html"; exit 1; }
-size=$(stat -c %s "$png")
-[ "$size" -gt 20000 ] || { echo "screenshot $png is only $size bytes: the page looks empty"; exit 1; }
-echo "scorecard: $(head -n1 "$md"); pools $*; screenshot $png ($size bytes)"
+# Render and screenshot with the report check (it also requires the plots).
+bash "$(dirname "$0")/check-html-report.sh" "$html" "$png"
+echo "scorecard: $(head -n1 "$md"); pools $*; screenshot $png"
