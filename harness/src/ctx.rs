@@ -13,6 +13,11 @@ use serde::Serialize;
 
 use crate::{metric::Metric, profile::Profile};
 
+/// `invariant broken: <first>; <second>`.
+pub(crate) fn violations_message(v: &[String]) -> String {
+    format!("invariant broken: {}", v.join("; "))
+}
+
 /// The attachment naming a test's key metric ([`TestCtx::key_metric`]).
 pub const KEY_METRIC: &str = "key_metric";
 
@@ -117,6 +122,22 @@ impl TestCtx {
     /// against a broken pool and expects them).
     pub fn take_violations(&self) -> Vec<String> {
         std::mem::take(&mut *self.inner.violations.lock())
+    }
+
+    /// `r` with the violations recorded so far taken into it: a body that
+    /// passed fails with them, a failure carries them as context. What the
+    /// runner does to every body, for a self-test that runs a scenario against
+    /// a broken pool and must see it fail.
+    pub fn with_violations(&self, r: anyhow::Result<()>) -> anyhow::Result<()> {
+        let v = self.take_violations();
+        if v.is_empty() {
+            return r;
+        }
+        let broken = violations_message(&v);
+        match r {
+            Ok(()) => Err(anyhow::anyhow!(broken)),
+            Err(e) => Err(e.context(broken)),
+        }
     }
 
     /// A context outside a run (unit tests, examples): quick profile, seed 0.

@@ -374,7 +374,7 @@ fn with_violations(ctx: &TestCtx, judged: (Outcome, Option<String>, bool)) -> (O
     if v.is_empty() {
         return judged;
     }
-    let broken = format!("invariant broken: {}", v.join("; "));
+    let broken = crate::ctx::violations_message(&v);
     match judged {
         (Outcome::Failed, Some(m), f) => (Outcome::Failed, Some(format!("{m}\n{broken}")), f),
         _ => (Outcome::Failed, Some(broken), false),

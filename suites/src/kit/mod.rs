@@ -35,21 +35,6 @@ pub use self::{
     support::Tune,
 };
 
-/// A scenario's result with the invariants the test bed saw broken while it
-/// ran taken into it: for self-tests that run a scenario against a broken
-/// pool and must see it fail (a broken invariant is such a failure).
-pub fn with_violations(ctx: &poolstress_harness::TestCtx, r: anyhow::Result<()>) -> anyhow::Result<()> {
-    let v = ctx.take_violations();
-    if v.is_empty() {
-        return r;
-    }
-    let broken = format!("invariant broken: {}", v.join("; "));
-    match r {
-        Ok(()) => Err(anyhow::anyhow!(broken)),
-        Err(e) => Err(e.context(broken)),
-    }
-}
-
 /// A config of `max` with only the timeouts the pool supports among those
 /// asked for (a knob it lacks is left at the pool's default, never refused).
 pub fn fit(

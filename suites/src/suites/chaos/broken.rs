@@ -273,7 +273,7 @@ fn inner_name(wrapped: &str) -> String {
 /// message must name the failure.
 async fn must_fail(ctx: TestCtx, rig: Rig, body: Body, must: &str) -> anyhow::Result<()> {
     let adapter = rig.adapter.clone();
-    match crate::kit::with_violations(&ctx, body(ctx.clone(), rig).await) {
+    match ctx.with_violations(body(ctx.clone(), rig).await) {
         Ok(()) => bail!(
             "the chaos scenario passed against {adapter}, a deliberately broken adapter: it cannot catch this bug"
         ),

@@ -269,7 +269,7 @@ async fn must_fail(
 ) -> anyhow::Result<()> {
     let problem = fault.problem();
     ctx.step(format!("running {} against {} ({problem})", sc.name, broken.name()));
-    match crate::kit::with_violations(&ctx, (sc.body)(ctx.clone(), broken.clone()).await) {
+    match ctx.with_violations((sc.body)(ctx.clone(), broken.clone()).await) {
         Ok(()) => {
             bail!("{} PASSED against {}, which {problem}: the scenario does not detect it", sc.name, broken.name())
         }
