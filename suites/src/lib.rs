@@ -28,6 +28,7 @@ mod register;
 pub mod selftest;
 pub mod suites;
 pub mod util;
+pub mod zoo;
 
 pub use register::{register_adapter, register_builtin_pools, register_pool, PoolSuites};
 

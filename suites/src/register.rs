@@ -5,7 +5,7 @@ use poolstress_harness::Registry;
 
 use crate::{
     kit::{NetService, Rig, ServiceFixture},
-    suites::{bench, chaos, conformance, exhaustion, layer2, stress_edge, stress_pg, stress_redis},
+    suites::{bench, chaos, combo, conformance, exhaustion, layer2, stress_edge, stress_pg, stress_redis},
 };
 
 /// A service whose pools poolstress has suites for: Postgres, Redis, and the
@@ -33,6 +33,7 @@ fn register_net<S: NetService>(r: &mut Registry, a: Adapter<S>, stress: fn(&mut 
     stress(r, vec![a.clone()]);
     stress_edge::register_adapters(r, vec![a.clone()]);
     chaos::register_rigs(r, chaos::rigs_for(a.clone()));
+    combo::register_adapters(r, vec![a.clone()]);
     exhaustion::register_adapters(r, vec![a.clone()]);
     bench::register_adapters(r, vec![a.clone()]);
     layer2::register_adapters(r, vec![a]);

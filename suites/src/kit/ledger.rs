@@ -432,7 +432,10 @@ pub fn start_chunked(ctx: &TestCtx, bed: &Bed, workers: usize, chunk: Duration, 
         let mut i = 0;
         while !s.load(Ordering::Relaxed) {
             let op = op.clone();
+            // An op is never cut by the chunk's end before its own bound:
+            // a hang is the op's to report, not the load generator's to hide.
             let stats = Phase::closed(format!("load_{i}"), workers, Limit::new(1_000_000, chunk))
+                .grace(bound + Duration::from_millis(500))
                 .run(&c, move |t| op(t))
                 .await?;
             total.add(Counts::of(&stats));

@@ -3,6 +3,7 @@
 //! and checks exit codes, console output and reports.
 
 pub mod fixtures;
+pub mod zoo;
 
 use std::{path::PathBuf, process::Command};
 

@@ -10,6 +10,7 @@ use poolstress_harness::Registry;
 
 pub mod bench;
 pub mod chaos;
+pub mod combo;
 pub mod conformance;
 pub mod exhaustion;
 pub mod faults;
@@ -30,4 +31,8 @@ pub fn register(r: &mut Registry) {
     smoke::register(r);
     stress_edge::register_tls_driver(r);
     stress_pg::broken_pools::register(r);
+    // The zoo: the correct small pools through every suite, each defect caught by name.
+    crate::register_adapter(r, crate::zoo::ZooAdapter::<poolstress_fixtures::pool::Postgres>::correct());
+    crate::register_adapter(r, crate::zoo::ZooAdapter::<poolstress_fixtures::pool::Redis>::correct());
+    crate::selftest::zoo::register(r);
 }

@@ -1,0 +1,90 @@
+//! The zoo caught: each defective zoo pool ([`crate::zoo`]) run through the
+//! scenario that must catch its defect, against the real servers
+//! (`zoo::<service>::<defect>[zoo-<service>+<defect>]`). The test passes only
+//! if the scenario fails and its message names the defect. The correct zoo
+//! pools are registered with every suite like any other pool.
+
+use anyhow::{bail, ensure};
+use futures::future::BoxFuture;
+use poolstress_fixtures::pool::{Postgres, Redis};
+use poolstress_harness::{tag, Registry, TestCtx};
+
+use crate::{
+    kit::{NetService, Rig},
+    suites::{
+        chaos::{cancel::cancel_holding, leak::gradual_exhaustion},
+        combo::{self, Combo, Fault, Load, State},
+    },
+    zoo::{Defect, ZooAdapter, ZooDriver},
+};
+
+type Body = fn(TestCtx, Rig) -> BoxFuture<'static, anyhow::Result<()>>;
+
+fn combo_body(c: Combo) -> impl Fn(TestCtx, Rig) -> BoxFuture<'static, anyhow::Result<()>> {
+    move |ctx, rig| Box::pin(async move { combo::run(&ctx, &rig, c).await.map(|_| ()) })
+}
+
+/// The scenario that must catch `defect`, and what its message must say.
+fn catcher(defect: Defect) -> (&'static str, Body, &'static str) {
+    match defect {
+        Defect::LeakOnCancel => ("chaos cancel_holding", |c, r| Box::pin(cancel_holding(c, r)), "lost capacity"),
+        Defect::DesyncOnCancel => (
+            "combo cut_short while busy",
+            |c, r| combo_body(Combo { fault: Fault::CutShort, state: State::Busy, load: Load::At })(c, r),
+            "reply desync",
+        ),
+        Defect::PastMaxAfterFailures => (
+            "combo kill while queued, load above",
+            |c, r| combo_body(Combo { fault: Fault::Kill, state: State::Queued, load: Load::Above })(c, r),
+            "above max_size",
+        ),
+        Defect::StarvesAfterKills => (
+            "combo kill while busy",
+            |c, r| combo_body(Combo { fault: Fault::Kill, state: State::Busy, load: Load::At })(c, r),
+            "lost capacity",
+        ),
+        Defect::IgnoresAcquireTimeout => {
+            ("chaos gradual_exhaustion", |c, r| Box::pin(gradual_exhaustion(c, r)), "acquire timeout ignored")
+        }
+        Defect::ValidationIgnoresTimeout => (
+            "combo silent while idle",
+            |c, r| combo_body(Combo { fault: Fault::Silent, state: State::Idle, load: Load::At })(c, r),
+            "unbounded acquire",
+        ),
+    }
+}
+
+fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
+    for defect in Defect::ALL {
+        let (scenario, body, must) = catcher(defect);
+        let adapter = ZooAdapter::<S>::with(defect);
+        let name = format!("zoo::{}::{}[{}]", S::NAME, defect.name(), adapter.name());
+        let rig = Rig::real(adapter);
+        r.test(name, &[tag::CHAOS, tag::LAYER_3, S::NAME], move |ctx| {
+            let rig = rig.clone();
+            async move { must_fail(ctx, rig, scenario, body, must).await }
+        });
+    }
+}
+
+/// Registers `zoo::<service>::<defect>[...]` for both services.
+pub fn register(r: &mut Registry) {
+    register_service::<Postgres>(r);
+    register_service::<Redis>(r);
+}
+
+async fn must_fail(ctx: TestCtx, rig: Rig, scenario: &str, body: Body, must: &str) -> anyhow::Result<()> {
+    let adapter = rig.adapter.clone();
+    match ctx.with_violations(body(ctx.clone(), rig).await) {
+        Ok(()) => bail!("{scenario} passed against {adapter}, a pool with a deliberate defect: it does not catch it"),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            ctx.note(format!("caught as expected by {scenario}: {msg}"));
+            ensure!(
+                msg.contains(must),
+                "{scenario} failed against {adapter}, but its message does not name \"{must}\": {msg}"
+            );
+            Ok(())
+        }
+    }
+}

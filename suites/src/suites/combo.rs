@@ -1,0 +1,480 @@
+//! Combinations: a fault landing on a pool in a given state, under a given
+//! load, judged by every invariant the test bed watches. Real pool bugs live
+//! in such combinations (a silent server while connections idle; a kill
+//! while more callers wait than the pool has connections; a checkout used
+//! again after one of its commands was cut short), not in one fault at one
+//! load level.
+//!
+//! Names: `combo::<service>::<fault>::<state>[<pool>]`, at layer_3 (the
+//! run's real server, through the fault proxy).
+//!
+//! | dimension | values |
+//! |---|---|
+//! | [`Fault`] | `kill` (60 % of the test's server connections killed server side), `silent` (the proxy forwards nothing and sends no RST or FIN for longer than the acquire timeout, then heals), `refuse` (new connections refused and open ones cut, then healed), `cut_short` (commands cut short by the caller, the checkout then used again) |
+//! | [`State`] when it lands | `idle` (max_size connections open and idle, no load), `busy` (max_size workers: every connection checked out), `queued` (3 x max_size workers: callers queued behind them) |
+//! | [`Load`] from the fault on | `below` (max_size / 2 workers), `at` (max_size), `above` (2 x max_size) |
+//!
+//! The quick profile runs about a quarter of the (fault, state) cells, chosen
+//! by the test's seed, each with one load level chosen by the seed; nightly
+//! runs every cell with the three load levels one after another. `--seed`
+//! replays a run's choices; a failure prints its combination and seed.
+//! `POOLSTRESS_COMBO=all` runs every cell in the quick profile too.
+//!
+//! Every combination checks, hard: every op accounted for and none answered
+//! with another op's reply; no acquire or op runs unbounded (the harness's
+//! own bound on an op is far above the pool's configured timeouts, and an op
+//! reaching it fails the test as unbounded rather than counting as the
+//! fault's expected error); never more than max_size checkouts out and never
+//! a pool-reported size above max_size; after the heal the same pool serves,
+//! holds max_size checkouts at once, every connection answers its own
+//! writes, the error rate falls under 1 %, and the server's count of the
+//! test's connections settles at or under max_size.
+//!
+//! The same generator is public: [`run`] takes any [`Combo`], so a user can
+//! write the combination their pool worries about in a few lines (see the
+//! example on [`run`]).
+
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::ensure;
+use poolstress_fixtures::{
+    fault::{FaultKind, FaultSpec, FaultWindow, Victims},
+    pool::{Adapter, Knob, Op, Pool, TIMEOUT_SLACK},
+};
+use poolstress_harness::{tag, Profile, Registry, TestCtx};
+use rand::Rng;
+
+use crate::kit::{
+    bed::{Bed, Rig, Sampler},
+    ledger::{after_fault, note_plan, start_chunked, ChunkedRun, Ledger},
+    NetService,
+};
+
+/// What goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 60 % of the test's server connections killed server side.
+    Kill,
+    /// The proxy forwards nothing, sends no RST or FIN, for longer than the
+    /// pool's acquire timeout; only the pool's own timeouts end a call.
+    Silent,
+    /// New connections refused and open ones cut, for a while.
+    Refuse,
+    /// Commands cut short by the caller (a slow command dropped after 20 ms),
+    /// the same checkout then used for a write and a read.
+    CutShort,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 4] = [Fault::Kill, Fault::Silent, Fault::Refuse, Fault::CutShort];
+
+    /// The name in test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Silent => "silent",
+            Fault::Refuse => "refuse",
+            Fault::CutShort => "cut_short",
+        }
+    }
+}
+
+/// The pool's state when the fault lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// max_size connections open and idle, no load.
+    Idle,
+    /// max_size workers: every connection checked out.
+    Busy,
+    /// 3 x max_size workers: callers queued beyond max_size.
+    Queued,
+}
+
+impl State {
+    /// Every state.
+    pub const ALL: [State; 3] = [State::Idle, State::Busy, State::Queued];
+
+    /// The name in test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Busy => "busy",
+            State::Queued => "queued",
+        }
+    }
+
+    fn workers(self, max: usize) -> usize {
+        match self {
+            State::Idle => 0,
+            State::Busy => max,
+            State::Queued => 3 * max,
+        }
+    }
+}
+
+/// The closed-loop load from the fault on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// max_size / 2 workers.
+    Below,
+    /// max_size workers.
+    At,
+    /// 2 x max_size workers.
+    Above,
+}
+
+impl Load {
+    /// Every level.
+    pub const ALL: [Load; 3] = [Load::Below, Load::At, Load::Above];
+
+    /// The name in notes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Load::Below => "below",
+            Load::At => "at",
+            Load::Above => "above",
+        }
+    }
+
+    fn workers(self, max: usize) -> usize {
+        match self {
+            Load::Below => (max / 2).max(1),
+            Load::At => max,
+            Load::Above => 2 * max,
+        }
+    }
+}
+
+/// One combination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Combo {
+    /// What goes wrong.
+    pub fault: Fault,
+    /// The pool's state when it does.
+    pub state: State,
+    /// The load from the fault on.
+    pub load: Load,
+}
+
+impl fmt::Display for Combo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} while {}, load {} capacity", self.fault.name(), self.state.name(), self.load.name())
+    }
+}
+
+/// How long the pool waits for a connection, opens one and runs an op, in a
+/// combination (the pool's own timeouts: the ones that must end every call).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// See [`ACQUIRE_TIMEOUT`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// See [`ACQUIRE_TIMEOUT`].
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a combination saw (for a user's own extra checks).
+pub struct Outcome {
+    /// The bed (pool, proxy, server) after the checks.
+    pub bed: Bed,
+    /// What every op of the load did.
+    pub ledger: Arc<Ledger>,
+    /// When the fault landed and when it was healed.
+    pub fault_at: Instant,
+    /// See `fault_at`.
+    pub heal_at: Instant,
+}
+
+/// The harness's own bound on one load op: far above what the pool's own
+/// timeouts allow (an acquire that opens and validates a connection, then
+/// a write and a read), so a pool's hang is seen as one, never cut short
+/// into an ordinary timeout.
+fn op_bound() -> Duration {
+    ACQUIRE_TIMEOUT + CONNECT_TIMEOUT + OP_TIMEOUT * 3 + TIMEOUT_SLACK + Duration::from_secs(1)
+}
+
+/// Set to `all` to run every cell in the quick profile too (one load level each).
+pub const ALL_ENV: &str = "POOLSTRESS_COMBO";
+
+/// Whether the quick profile runs this cell with this seed (about one in four).
+fn sampled(ctx: &TestCtx) -> bool {
+    ctx.profile() == Profile::Nightly || ctx.seed() % 4 == 0 || std::env::var(ALL_ENV).is_ok_and(|v| v == "all")
+}
+
+/// Runs `combo` on `rig` with every check; returns what it saw for more.
+///
+/// ```no_run
+/// # use poolstress::{kit::Rig, suites::combo::{self, Combo, Fault, Load, State}, TestCtx};
+/// # async fn t(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
+/// // My pool's risk: a silent server while every connection is idle, then twice its size in callers.
+/// let out = combo::run(&ctx, &rig, Combo { fault: Fault::Silent, state: State::Idle, load: Load::Above }).await?;
+/// anyhow::ensure!(out.ledger.ok() > 100, "too few ops succeeded");
+/// # Ok(()) }
+/// ```
+pub async fn run(ctx: &TestCtx, rig: &Rig, combo: Combo) -> anyhow::Result<Outcome> {
+    run_loads(ctx, rig, combo.fault, combo.state, &[combo.load]).await
+}
+
+async fn run_loads(ctx: &TestCtx, rig: &Rig, fault: Fault, state: State, loads: &[Load]) -> anyhow::Result<Outcome> {
+    let max = ctx.profile().pick(4, 8);
+    let cfg = rig.config(max, Some(ACQUIRE_TIMEOUT), Some(CONNECT_TIMEOUT), Some(OP_TIMEOUT));
+    let bed = rig.bed(ctx, cfg).await?;
+    let what = bed.what();
+    let bound = op_bound();
+    // A silence outlasts every bound the test bed allows a call (so a call
+    // only the heal would end is seen as unbounded); a refusal is shorter.
+    let outage = match fault {
+        Fault::Silent => ACQUIRE_TIMEOUT + CONNECT_TIMEOUT + OP_TIMEOUT + TIMEOUT_SLACK + Duration::from_secs(1),
+        _ => ctx.profile().pick(ACQUIRE_TIMEOUT * 3 / 2, ACQUIRE_TIMEOUT * 3),
+    };
+    let per_load = ctx.profile().pick(Duration::from_millis(1500), Duration::from_secs(4));
+    let names: Vec<&str> = loads.iter().map(|l| l.name()).collect();
+    note_plan(
+        ctx,
+        &[format!(
+            "{} while {} (max_size {max}), then load {} capacity for {per_load:?} each; outage {outage:?}",
+            fault.name(),
+            state.name(),
+            names.join(" then "),
+        )],
+    );
+
+    ctx.step("opening max_size connections");
+    warm(&bed, max).await?;
+    let sampler = Sampler::start(bed.counter());
+    let sizes = SizeWatch::start(&bed.pool);
+
+    let before: Option<ChunkedRun> = match state.workers(max) {
+        0 => None,
+        n => {
+            ctx.step(format!("putting the pool in state {}: {n} workers", state.name()));
+            let run = start_chunked(ctx, &bed, n, Duration::from_millis(250), bound);
+            run.running(10 * n as u64, Duration::from_secs(10)).await?;
+            Some(run)
+        }
+    };
+    if state == State::Queued {
+        if let Some(w) = bed.pool.status().and_then(|s| s.waiters) {
+            ctx.note(format!("callers waiting when the fault landed: {w}"));
+        }
+    }
+
+    ctx.step(format!("fault: {}", fault.name()));
+    let fault_at = Instant::now();
+    ctx.event(format!("combo: {} while {}", fault.name(), state.name()));
+    // The load from the fault on: it meets the fault (an idle pool's first
+    // callers find the silent or dead connections).
+    let first = loads.first().copied().unwrap_or(Load::At);
+    let load = start_chunked(ctx, &bed, first.workers(max), Duration::from_millis(250), bound);
+    let mut killed = 0;
+    match fault {
+        Fault::Kill => {
+            let k = bed.kill(Victims::Fraction(0.6), &mut ctx.rng()).await?;
+            ensure!(k.killed > 0 || !rig.supports(Knob::Reuse), "{what}: the kill found no connection to kill ({k:?})");
+            killed = k.killed;
+            ctx.event(format!("combo: killed {} of {}", k.killed, k.seen));
+        }
+        Fault::Silent => {
+            let p = bed.partition()?;
+            tokio::time::sleep(outage).await; // the outage's length, not a wait for a condition
+            p.heal()?;
+            killed = max; // connections abandoned in the silence may linger server side a moment
+        }
+        Fault::Refuse => {
+            let proxy = bed.proxy.as_ref().ok_or_else(|| anyhow::anyhow!("{what}: no proxy"))?;
+            let g = proxy.add(FaultSpec::new(FaultKind::down()))?;
+            tokio::time::sleep(outage).await; // the outage's length, not a wait for a condition
+            g.heal()?;
+        }
+        Fault::CutShort => cut_short(ctx, &bed, 5).await?,
+    }
+    let heal_at = Instant::now();
+    ctx.event(format!("combo: {} healed", fault.name()));
+    let before = match before {
+        Some(run) => Some(run.finish(ctx, &what).await?),
+        None => None,
+    };
+    tokio::time::sleep(per_load).await; // the first load level's observation window
+    let ledger = load.finish(ctx, &what).await?;
+    let end = Instant::now();
+    let mut ledgers = vec![ledger.clone()];
+    ledgers.extend(before);
+    for &l in loads.iter().skip(1) {
+        ctx.step(format!("load {} capacity", l.name()));
+        let run = start_chunked(ctx, &bed, l.workers(max), Duration::from_millis(250), bound);
+        tokio::time::sleep(per_load).await; // this level's observation window
+        ledgers.push(run.finish(ctx, &what).await?);
+    }
+    let max_seen = sampler.finish().await;
+    let max_size_seen = sizes.finish().await;
+
+    for l in &ledgers {
+        unbounded(&what, l, bound)?;
+    }
+    if let (true, Some(n)) = (bed.supports(Knob::MaxSize) && bed.supports(Knob::StatusSize), max_size_seen) {
+        ensure!(
+            n <= max,
+            "{what}: the pool reported size {n}, above max_size {max}, after {} while {} (size past max after failures)",
+            fault.name(),
+            state.name()
+        );
+    }
+    let rec = ledger.recovery(FaultWindow::new(fault_at, heal_at).until(end));
+    rec.record(ctx, "combo_");
+    after_fault(ctx, &bed, max_seen, killed).await?;
+    rec.check_recovered(&what)?;
+    Ok(Outcome { bed, ledger, fault_at, heal_at })
+}
+
+/// Opens max_size connections (holds max_size checkouts at once, then
+/// releases them) so the fault finds them.
+async fn warm(bed: &Bed, max: usize) -> anyhow::Result<()> {
+    let mut held = Vec::with_capacity(max);
+    for i in 0..max {
+        let c = tokio::time::timeout(op_bound(), bed.pool.acquire())
+            .await
+            .map_err(|_| anyhow::anyhow!("{}: warming: acquire {i} of {max} hung", bed.what()))?
+            .map_err(|e| anyhow::anyhow!("{}: warming: acquire {i} of {max} failed: {e}", bed.what()))?;
+        held.push(c);
+    }
+    for c in &mut held {
+        c.run(&Op::Ping).await.map_err(|e| anyhow::anyhow!("{}: warming: ping failed: {e}", bed.what()))?;
+    }
+    Ok(())
+}
+
+/// Cuts `n` slow commands short after 20 ms and uses the same checkout again
+/// for a write and a read: the read must answer the write (an error is
+/// fine: the pool or the driver saw the connection could not be trusted).
+async fn cut_short(ctx: &TestCtx, bed: &Bed, n: usize) -> anyhow::Result<()> {
+    let what = bed.what();
+    let mut rng = ctx.rng();
+    for i in 0..n {
+        let Ok(Ok(mut c)) = tokio::time::timeout(op_bound(), bed.pool.acquire()).await else {
+            continue; // the pool's own timeout under the state's load: not this check's business
+        };
+        let slow = Duration::from_millis(300);
+        let cut = tokio::time::timeout(Duration::from_millis(20), c.run(&Op::Slow(slow))).await;
+        ensure!(cut.is_err() || cut.as_ref().is_ok_and(|r| r.is_err()), "{what}: a {slow:?} command answered in 20 ms");
+        let key = 8_000_000 + rng.random_range(0..1_000_000u64);
+        let value = format!("cut-{i}-{key}");
+        let r = async {
+            c.run(&Op::Write { key, value: value.clone() }).await?;
+            c.run(&Op::Read { key }).await
+        };
+        match tokio::time::timeout(op_bound(), r).await {
+            Ok(Ok(got)) => ensure!(
+                got.value() == Some(value.as_str()),
+                "{what}: reply desync after a command was cut short: the same checkout wrote {value:?} to key {key} \
+                 and read back {got:?} (the cut command's reply was still on the connection)"
+            ),
+            Ok(Err(_)) => {} // the connection refused to be trusted: fine
+            Err(_) => anyhow::bail!(
+                "{what}: unbounded: a write/read on a checkout whose command was cut short still ran after {:?}",
+                op_bound()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Hard: no op ran into the harness's own bound (only a pool without its
+/// own timeouts gets there: the hang is the finding).
+fn unbounded(what: &str, ledger: &Ledger, bound: Duration) -> anyhow::Result<()> {
+    let obs = ledger.observations();
+    let hung: Vec<_> = obs.iter().filter(|o| o.latency >= bound).collect();
+    ensure!(
+        hung.is_empty(),
+        "{what}: unbounded: {} acquire+op calls still running after {bound:?}, far past the pool's own timeouts \
+         (acquire {ACQUIRE_TIMEOUT:?}, connect {CONNECT_TIMEOUT:?}, op {OP_TIMEOUT:?}): the pool has no timeout that \
+         ends them",
+        hung.len()
+    );
+    Ok(())
+}
+
+/// Samples the pool's own reported size every 10 ms; keeps the largest.
+struct SizeWatch {
+    max: Arc<AtomicU64>,
+    seen: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SizeWatch {
+    fn start(pool: &Pool) -> Self {
+        let (max, seen, stop) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (m, s, st, pool) = (max.clone(), seen.clone(), stop.clone(), pool.clone());
+        let task = tokio::spawn(async move {
+            while !st.load(Ordering::Relaxed) {
+                if let Some(n) = pool.status().and_then(|s| s.size) {
+                    m.fetch_max(n as u64, Ordering::Relaxed);
+                    s.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        SizeWatch { max, seen, stop, task }
+    }
+
+    async fn finish(self) -> Option<usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.seen.load(Ordering::Relaxed).then(|| self.max.load(Ordering::Relaxed) as usize)
+    }
+}
+
+/// The test body of one cell: the quick profile samples (one load level
+/// chosen by the seed, about a quarter of the cells), nightly walks all.
+async fn cell(ctx: TestCtx, rig: Rig, fault: Fault, state: State) -> anyhow::Result<()> {
+    if !sampled(&ctx) {
+        return Err(ctx.skip(format!(
+            "sampled out by this run's seed in the quick profile (about 1 in 4 cells run; nightly runs every cell; \
+             another --seed picks others): {} while {}",
+            fault.name(),
+            state.name()
+        )));
+    }
+    let loads: Vec<Load> = match ctx.profile() {
+        Profile::Nightly => Load::ALL.to_vec(),
+        Profile::Quick => vec![Load::ALL[(ctx.seed() / 4 % 3) as usize]],
+    };
+    run_loads(&ctx, &rig, fault, state, &loads).await.map(|_| ())
+}
+
+/// Knobs a cell needs: its own timeouts end every call (a pool without one
+/// hangs in `silent`, which is the finding the cell exists for, so only
+/// `cut_short`, which needs slow ops, asks more).
+fn needs<S: NetService>(fault: Fault) -> &'static [Knob] {
+    match fault {
+        Fault::CutShort => S::SLOW_OP_NEEDS,
+        _ => &[],
+    }
+}
+
+/// Known findings: `(cell, pool, reason)`, cell as `<fault>::<state>`.
+pub const FINDINGS: &[crate::kit::Finding] = &[];
+
+/// Registers `combo::<service>::<fault>::<state>[<pool>]` for every adapter.
+pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
+    for a in adapters {
+        for fault in Fault::ALL {
+            for state in State::ALL {
+                let cell_name = format!("{}::{}", fault.name(), state.name());
+                let name = format!("combo::{}::{cell_name}[{}]", S::NAME, a.name());
+                let rig = Rig::real(a.clone());
+                let def = r.test(name, &[tag::CHAOS, tag::LAYER_3, S::NAME], move |ctx| {
+                    Box::pin(cell(ctx, rig.clone(), fault, state))
+                });
+                let skip = crate::kit::Needs::all(needs::<S>(fault)).missing(a.name(), &a.capabilities());
+                crate::kit::mark(def, &cell_name, a.name(), skip, FINDINGS);
+            }
+        }
+    }
+}
