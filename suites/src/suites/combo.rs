@@ -459,7 +459,22 @@ fn needs<S: NetService>(fault: Fault) -> &'static [Knob] {
 }
 
 /// Known findings: `(cell, pool, reason)`, cell as `<fault>::<state>`.
-pub const FINDINGS: &[crate::kit::Finding] = &[];
+/// Whether a cell meets the silence mid-query depends on timing (an idle
+/// pool's check may take the hit instead), so every state is listed.
+pub const FINDINGS: &[crate::kit::Finding] = &[
+    ("silent::busy", "deadpool-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and deadpool-postgres 0.14.2 maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::queued", "deadpool-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and deadpool-postgres 0.14.2 maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::idle", "deadpool-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and deadpool-postgres 0.14.2 (RecyclingMethod::Fast: idle connections are handed out unchecked) maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::busy", "bb8-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and bb8 0.9.1 / bb8-postgres maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::queued", "bb8-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and bb8 0.9.1 / bb8-postgres maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::idle", "bb8-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and bb8 0.9.1 / bb8-postgres maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::busy", "direct-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and the direct (no pool) adapter maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::queued", "direct-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and the direct (no pool) adapter maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::idle", "direct-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and the direct (no pool) adapter maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::idle", "sqlx-postgres", "sqlx 0.9.0 has no per-query timeout; its acquire_timeout bounds only the checkout: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::busy", "sqlx-postgres", "sqlx 0.9.0 has no per-query timeout; its acquire_timeout bounds only the checkout: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::queued", "sqlx-postgres", "sqlx 0.9.0 has no per-query timeout; its acquire_timeout bounds only the checkout: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+];
 
 /// Registers `combo::<service>::<fault>::<state>[<pool>]` for every adapter.
 pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
