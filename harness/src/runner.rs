@@ -24,8 +24,7 @@ use crate::{
     profile::Profile,
     registry::{Registry, TestDef},
     report::{
-        self, HtmlReporter, JsonReporter, JunitReporter, LayersReporter, Outcome, Reporter, RunSummary,
-        ScorecardReporter, TestRecord,
+        self, JsonReporter, JunitReporter, LayersReporter, Outcome, Reporter, RunSummary, ScorecardReporter, TestRecord,
     },
     tag,
 };
@@ -434,8 +433,14 @@ fn write_reports(opts: &Options, summary: &RunSummary, quiet: bool) {
     let mut reporters: Vec<Box<dyn Reporter>> = vec![Box::new(JsonReporter { file_name: json_name.clone() })];
     if json_name.is_none() {
         reporters.push(Box::new(JunitReporter));
-        let baselines = crate::baseline::load(&crate::baseline::path_for(opts)).ok();
-        reporters.push(Box::new(HtmlReporter { baselines }));
+        #[cfg(feature = "html")]
+        reporters.push(Box::new(report::HtmlReporter {
+            baselines: crate::baseline::load(&crate::baseline::path_for(opts)).ok(),
+        }));
+        #[cfg(not(feature = "html"))]
+        if !quiet {
+            eprintln!("poolstress: no html report: built without the `html` feature of poolstress (poolstress-harness), which draws its charts with plotters");
+        }
         reporters.push(Box::new(LayersReporter));
         reporters.push(Box::new(ScorecardReporter));
     }

@@ -1,11 +1,19 @@
 //! One call registers every suite that applies to a pool.
 
-use poolstress_fixtures::pool::{self, Adapter, Mock, PoolAdapter, Postgres, Redis};
+#[cfg(feature = "postgres")]
+use poolstress_fixtures::pool::Postgres;
+#[cfg(feature = "redis")]
+use poolstress_fixtures::pool::Redis;
+use poolstress_fixtures::pool::{self, Adapter, Mock, PoolAdapter};
 use poolstress_harness::Registry;
 
+#[cfg(feature = "postgres")]
+use crate::suites::stress_pg;
+#[cfg(feature = "redis")]
+use crate::suites::stress_redis;
 use crate::{
     kit::{NetService, Rig, ServiceFixture},
-    suites::{bench, chaos, combo, conformance, exhaustion, layer2, stress_edge, stress_pg, stress_redis},
+    suites::{bench, chaos, combo, conformance, exhaustion, layer2, stress_edge},
 };
 
 /// A service whose pools poolstress has suites for: Postgres, Redis, and the
@@ -15,12 +23,14 @@ pub trait PoolSuites: ServiceFixture {
     fn register_suites(r: &mut Registry, adapter: Adapter<Self>);
 }
 
+#[cfg(feature = "postgres")]
 impl PoolSuites for Postgres {
     fn register_suites(r: &mut Registry, a: Adapter<Self>) {
         register_net(r, a, stress_pg::register_adapters);
     }
 }
 
+#[cfg(feature = "redis")]
 impl PoolSuites for Redis {
     fn register_suites(r: &mut Registry, a: Adapter<Self>) {
         register_net(r, a, stress_redis::register_adapters);
@@ -28,6 +38,7 @@ impl PoolSuites for Redis {
 }
 
 /// Every suite for a network pool; `stress` is its service's catalogue.
+#[cfg(any(feature = "postgres", feature = "redis"))]
 fn register_net<S: NetService>(r: &mut Registry, a: Adapter<S>, stress: fn(&mut Registry, Vec<Adapter<S>>)) {
     conformance::register_adapters(r, vec![a.clone()]);
     stress(r, vec![a.clone()]);
@@ -83,9 +94,11 @@ pub fn register_adapter<S: PoolSuites>(r: &mut Registry, adapter: Adapter<S>) {
 
 /// Registers every suite for every built-in pool compiled in (cargo features).
 pub fn register_builtin_pools(r: &mut Registry) {
+    #[cfg(feature = "postgres")]
     for a in pool::postgres_adapters() {
         register_adapter(r, a);
     }
+    #[cfg(feature = "redis")]
     for a in pool::redis_adapters() {
         register_adapter(r, a);
     }

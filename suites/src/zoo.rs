@@ -23,13 +23,14 @@ use std::{
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use poolstress_fixtures::{
-    pool::{
-        self, Adapter, BuildError, Capabilities, Cause, Checkout, Connection, Knob, Op, OpOutput, PoolAdapter,
-        PoolConfig, PoolError, PoolStatus, PoolUnderTest, Postgres, Redis, Stage,
-    },
-    PgTarget, RedisTarget,
+use poolstress_fixtures::pool::{
+    self, Adapter, BuildError, Capabilities, Cause, Checkout, Connection, Knob, Op, OpOutput, PoolAdapter, PoolConfig,
+    PoolError, PoolStatus, PoolUnderTest, Stage,
 };
+#[cfg(feature = "postgres")]
+use poolstress_fixtures::{pool::Postgres, PgTarget};
+#[cfg(feature = "redis")]
+use poolstress_fixtures::{pool::Redis, RedisTarget};
 use poolstress_harness::{Classify, ErrorClass};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -49,6 +50,7 @@ pub trait ZooDriver: pool::Service {
     ) -> BoxFuture<'a, Result<OpOutput, PoolError>>;
 }
 
+#[cfg(feature = "redis")]
 impl ZooDriver for Redis {
     type Conn = pool::redis::driver::aio::MultiplexedConnection;
 
@@ -74,6 +76,7 @@ impl ZooDriver for Redis {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl ZooDriver for Postgres {
     type Conn = tokio_postgres::Client;
 
@@ -401,9 +404,10 @@ impl<S: ZooDriver> Connection for ZooConn<S> {
             self.in_flight = true;
             let run = S::run(conn, &self.shared.target, op);
             let r = match self.shared.cfg.op_timeout {
-                Some(t) => tokio::time::timeout(t, run)
-                    .await
-                    .unwrap_or_else(|_| Err(PoolError::new(Stage::Op, Cause::TimedOut(Some(t))))),
+                Some(t) => match tokio::time::timeout(t, run).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PoolError::new(Stage::Op, Cause::TimedOut(Some(t)))),
+                },
                 None => run.await,
             };
             self.in_flight = false;

@@ -94,6 +94,7 @@ pub fn markdown(rows: &[Row]) -> String {
 }
 
 /// The rows as an HTML table.
+#[cfg(feature = "html")]
 pub(crate) fn html(rows: &[Row]) -> String {
     if rows.is_empty() {
         return String::new();
@@ -188,6 +189,7 @@ mod tests {
         assert_eq!(cells[2], Some(Cell { passed: 1, failed: vec![], skipped: 1 }));
         let md = markdown(&rows);
         assert!(md.contains("| `chaos::cancel_holding` | 1/1 passed | 1/2 passed; failed: deadpool-redis | 1/1 passed (1 skipped) |"), "{md}");
+        #[cfg(feature = "html")]
         assert!(html(&rows).contains("class=\"failed\""));
     }
 

@@ -1,6 +1,7 @@
 //! Run reports. Every format implements [`Reporter`]; the runner hands each
 //! the same [`RunSummary`], so a new format touches nothing else.
 
+#[cfg(feature = "html")]
 mod html;
 mod json;
 mod junit;
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 use crate::{ctx::Event, metric::Metric};
 
+#[cfg(feature = "html")]
 pub use html::HtmlReporter;
 pub use json::JsonReporter;
 pub use junit::JunitReporter;

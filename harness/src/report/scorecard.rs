@@ -14,7 +14,9 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, path::PathBuf};
 
-use super::{junit::escape, write_atomic, Outcome, Reporter, RunSummary, TestRecord};
+#[cfg(feature = "html")]
+use super::junit::escape;
+use super::{write_atomic, Outcome, Reporter, RunSummary, TestRecord};
 
 /// Longest failure reason shown in a cell, in characters.
 const FAILED_REASON_CHARS: usize = 100;
@@ -46,6 +48,7 @@ impl Status {
     }
 
     /// The CSS class `report.html` colours this status with.
+    #[cfg(feature = "html")]
     fn class(self) -> &'static str {
         match self {
             Status::Passed => "passed",
@@ -350,6 +353,7 @@ pub fn suite_times(tests: &[TestRecord]) -> Vec<SuiteTime> {
 }
 
 /// The scorecard as an HTML heading and table (empty without a scorecard).
+#[cfg(feature = "html")]
 pub(crate) fn html(tests: &[TestRecord]) -> String {
     let Some(card) = scorecard(tests) else { return String::new() };
     let mut h = String::from("<h2 id=\"scorecard\">Scorecard</h2><table><tr><th>scenario</th>");
@@ -565,6 +569,7 @@ mod tests {
         assert!(!md.contains("mine::smoke"));
     }
 
+    #[cfg(feature = "html")]
     #[test]
     fn html_puts_the_scorecard_before_the_test_table() {
         let html = super::super::html::render(&summary(), None);
@@ -582,6 +587,7 @@ mod tests {
         let mut s = summary();
         s.tests.retain(|t| split_instance(&t.name).is_none());
         assert!(scorecard(&s.tests).is_none());
+        #[cfg(feature = "html")]
         assert!(!super::super::html::render(&s, None).contains("id=\"scorecard\""));
         let md = markdown(&s);
         assert!(md.starts_with("**2 passed") && !md.contains("Scorecard"), "{md}");

@@ -25,12 +25,15 @@ use std::{
 use anyhow::Context;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
+#[cfg(feature = "postgres")]
+use poolstress_fixtures::{fault::kill_pg_backends, PgTarget};
+#[cfg(feature = "redis")]
+use poolstress_fixtures::{fault::kill_redis_clients, RedisTarget};
 use poolstress_fixtures::{
-    fault::{kill_pg_backends, kill_redis_clients, ChaosEnv, FaultGuard, FaultKind, FaultProxy, FaultSpec, Victims},
+    fault::{ChaosEnv, FaultGuard, FaultKind, FaultProxy, FaultSpec, Victims},
     pool::{Adapter, Capabilities, Knob, Mock, MockServer, Pool, PoolConfig, Service},
     service::ServerControl,
     standin::ConnectionSnapshot,
-    PgTarget, RedisTarget,
 };
 use poolstress_harness::{mock::MockPool, tag, ConnectionCounter, TestCtx};
 use rand::rngs::StdRng;
@@ -165,7 +168,9 @@ pub struct Killed {
 pub(crate) enum Killer {
     Mock(MockServer),
     Standin(Arc<Standin>, String),
+    #[cfg(feature = "postgres")]
     Pg(PgTarget, String),
+    #[cfg(feature = "redis")]
     Redis(RedisTarget, String),
 }
 
@@ -260,10 +265,7 @@ impl Bed {
             S::NAME
         ));
         let server = Arc::new(server);
-        let counter: Arc<dyn ConnectionCounter> = match &*server {
-            Standin::Pg(s) => Arc::new(s.counter()),
-            Standin::Redis(s) => Arc::new(s.counter()),
-        };
+        let counter: Arc<dyn ConnectionCounter> = Arc::new(server.counter());
         Ok(Bed {
             layer: Layer::L2,
             pool,
@@ -330,25 +332,18 @@ impl Bed {
                 Killed { seen, killed: seen, chosen: false }
             }
             Killer::Standin(s, name) => {
-                let snaps: Vec<ConnectionSnapshot> = match &**s {
-                    Standin::Pg(p) => p.connections(),
-                    Standin::Redis(r) => r.connections(),
-                };
+                let snaps: Vec<ConnectionSnapshot> = s.connections();
                 let ids: Vec<i64> = snaps.iter().filter(|c| c.belongs_to(name)).map(|c| c.id).collect();
                 let chosen = victims.choose(&ids, rng);
-                let killed = chosen
-                    .iter()
-                    .filter(|id| match &**s {
-                        Standin::Pg(p) => p.kill_connection(**id),
-                        Standin::Redis(r) => r.kill_connection(**id),
-                    })
-                    .count();
+                let killed = chosen.iter().filter(|id| s.kill_connection(**id)).count();
                 Killed { seen: ids.len(), killed, chosen: true }
             }
+            #[cfg(feature = "postgres")]
             Killer::Pg(admin, name) => {
                 let r = kill_pg_backends(admin, name, victims, rng).await?;
                 Killed { seen: r.seen, killed: r.killed.len(), chosen: true }
             }
+            #[cfg(feature = "redis")]
             Killer::Redis(admin, name) => {
                 let r = kill_redis_clients(admin, name, victims, rng).await?;
                 Killed { seen: r.seen, killed: r.killed.len(), chosen: true }

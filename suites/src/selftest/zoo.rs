@@ -6,7 +6,6 @@
 
 use anyhow::{bail, ensure};
 use futures::future::BoxFuture;
-use poolstress_fixtures::pool::{Postgres, Redis};
 use poolstress_harness::{tag, Registry, TestCtx};
 
 use crate::{
@@ -54,6 +53,7 @@ fn catcher(defect: Defect) -> (&'static str, Body, &'static str) {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
     for defect in Defect::ALL {
         let (scenario, body, must) = catcher(defect);
@@ -69,8 +69,11 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
 
 /// Registers `zoo::<service>::<defect>[...]` for both services.
 pub fn register(r: &mut Registry) {
-    register_service::<Postgres>(r);
-    register_service::<Redis>(r);
+    #[cfg(feature = "postgres")]
+    register_service::<poolstress_fixtures::pool::Postgres>(r);
+    #[cfg(feature = "redis")]
+    register_service::<poolstress_fixtures::pool::Redis>(r);
+    let _ = r;
 }
 
 async fn must_fail(ctx: TestCtx, rig: Rig, scenario: &str, body: Body, must: &str) -> anyhow::Result<()> {

@@ -203,7 +203,9 @@ pub const ALL_ENV: &str = "POOLSTRESS_COMBO";
 
 /// Whether the quick profile runs this cell with this seed (about one in four).
 fn sampled(ctx: &TestCtx) -> bool {
-    ctx.profile() == Profile::Nightly || ctx.seed() % 4 == 0 || std::env::var(ALL_ENV).is_ok_and(|v| v == "all")
+    ctx.profile() == Profile::Nightly
+        || ctx.seed().is_multiple_of(4)
+        || std::env::var(ALL_ENV).is_ok_and(|v| v == "all")
 }
 
 /// Runs `combo` on `rig` with every check; returns what it saw for more.

@@ -229,9 +229,11 @@ pub fn register(r: &mut Registry) {
         Rig::mock(NeverReconnects::wrap(mock.clone())),
         vec![tag::CHAOS, tag::LAYER_1],
     )];
+    #[cfg(feature = "postgres")]
     if let Some(pg) = pool::postgres_adapters().into_iter().next() {
         rigs.push(standin_pair(pg, tag::POSTGRES));
     }
+    #[cfg(feature = "redis")]
     if let Some(redis) = pool::redis_adapters().into_iter().next() {
         rigs.push(standin_pair(redis, tag::REDIS));
     }

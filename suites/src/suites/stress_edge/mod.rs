@@ -8,8 +8,9 @@
 //! - [`load`]: `connection_spike`, `connection_churn`
 //! - [`lifecycle`]: `close_while_active`, `resize_during_use`,
 //!   `acquire_timeout_precision`, `broken_connection_not_reused`
-//! - [`connect`]: `unresolvable_host`, `tls_overhead` (TLS with tokio-postgres
-//!   itself when the server has TLS: no adapter speaks TLS, see [`tls`])
+//! - [`connect`]: `unresolvable_host`; `tls_overhead` is registered skipped
+//!   for every adapter (no adapter speaks TLS) and measured with
+//!   tokio-postgres itself in `tls_overhead[tokio-postgres]` when the server has TLS
 
 use poolstress_fixtures::pool::{Adapter, Knob};
 use poolstress_harness::Registry;
@@ -20,7 +21,10 @@ mod connect;
 mod latency;
 mod lifecycle;
 mod load;
+#[cfg(feature = "postgres")]
 mod tls;
+#[cfg(feature = "postgres")]
+mod tls_overhead;
 
 /// Known findings in real pools: `(scenario, adapter, reason)`. The test
 /// stays registered, fails when run, and is marked ignored with the reason.
@@ -49,8 +53,9 @@ pub const FINDINGS: &[Finding] = &[
 
 /// Registers `stress::edge::postgres::tls_overhead[tokio-postgres]` (TLS
 /// measured with the driver itself: no pool adapter speaks TLS).
+#[cfg(feature = "postgres")]
 pub fn register_tls_driver(r: &mut Registry) {
-    connect::register_tls_driver(r);
+    tls_overhead::register_tls_driver(r);
 }
 
 /// Registers the edge cases for `adapters` of service `S`.

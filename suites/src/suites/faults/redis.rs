@@ -1,112 +1,43 @@
-//! The FailureInjector proven against real servers: every proxy fault with a
-//! real client (redis-rs, tokio-postgres), worker kills on both sides, server
-//! faults through the lifecycle, chaos schedules (TOML) with recovery metrics,
-//! healing after a panic or a runtime shutdown, and the proxy's overhead.
-//!
-//! All are tagged `chaos` (exclusive: they stop, pause and slow shared
-//! servers), `layer_3` and their service; the overhead benchmark is tagged
-//! `benchmark`.
+//! The fault suite against the real Redis server.
 
-use std::{
-    io,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use super::*;
+use ::redis::aio::MultiplexedConnection;
+use poolstress_fixtures::{fault::kill_redis_clients, RedisTarget};
 
-use anyhow::{bail, ensure, Context};
-use parking_lot::Mutex;
-use poolstress_fixtures::{
-    fault::{
-        analyse, kill_pg_backends, kill_redis_clients, Action, ChaosEnv, FaultKind, FaultProxy, FaultSpec, FaultWindow,
-        Sample, Schedule, ServerFaults, TaskKiller, Victims,
-    },
-    service::{self, pg_target_config},
-    PgTarget, RedisTarget,
-};
-use poolstress_harness::{tag, Metric, Registry, TestCtx};
-use redis::aio::MultiplexedConnection;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const PG: &[&str] = &[tag::CHAOS, tag::LAYER_3, tag::POSTGRES];
 const REDIS: &[&str] = &[tag::CHAOS, tag::LAYER_3, tag::REDIS];
-const BOTH: &[&str] = &[tag::CHAOS, tag::LAYER_3, tag::POSTGRES, tag::REDIS];
 const BENCH: &[&str] = &[tag::BENCHMARK, tag::LAYER_3, tag::REDIS];
-/// How long a request must stay unanswered to count as hanging.
-const HANG: Duration = Duration::from_millis(500);
 
-/// Registers the fault suite.
-pub fn register(r: &mut Registry) {
+/// Registers the Redis fault tests.
+pub(super) fn register(r: &mut Registry) {
     r.test("faults::redis::latency_delays_every_reply", REDIS, redis_latency);
-    r.test("faults::postgres::latency_delays_every_query", PG, pg_latency);
-    r.test("faults::postgres::reset_peer_is_a_connection_reset", PG, pg_reset_peer);
     r.test("faults::redis::reset_peer_is_a_connection_reset", REDIS, redis_reset_peer);
     r.test("faults::redis::down_refuses_and_cuts", REDIS, redis_down);
-    r.test("faults::postgres::timeout_hangs_until_healed", PG, pg_timeout);
     r.test("faults::redis::bandwidth_caps_throughput", REDIS, redis_bandwidth);
     r.test("faults::redis::slicer_delivers_intact_in_pieces", REDIS, redis_slicer);
     r.test("faults::redis::limit_data_closes_the_connection", REDIS, redis_limit_data);
     r.test("faults::redis::slow_close_delays_the_close", REDIS, redis_slow_close);
     r.test("faults::redis::toxicity_picks_a_seeded_fraction", REDIS, redis_toxicity);
-    r.test("faults::postgres::kill_backends_server_side", PG, pg_kill_backends);
     r.test("faults::redis::kill_clients_server_side", REDIS, redis_kill_clients);
     r.test("faults::redis::proxy_resets_chosen_connections", REDIS, redis_proxy_resets);
-    r.test("faults::postgres::abort_workers_mid_checkout", PG, pg_abort_workers);
-    r.test("faults::postgres::restart_answers_with_new_backends", PG, pg_restart);
-    r.test("faults::postgres::pause_hangs_then_releases", PG, pg_pause);
     r.test("faults::redis::sigkill_then_start", REDIS, redis_sigkill);
     r.test("faults::redis::chaos_schedule_from_toml", REDIS, redis_schedule);
-    r.test("faults::postgres::chaos_schedule_kills_and_restart", PG, pg_schedule);
-    r.test("faults::healing::panic_mid_fault_leaves_proxy_healed_and_server_running", BOTH, panic_heals);
     r.test("faults::healing::runtime_shutdown_mid_fault_restores_the_server", REDIS, shutdown_heals);
-    r.test("faults::healing::zz_next_test_finds_servers_running", BOTH, next_test_finds_servers_running);
     r.test("faults::redis::proxy_overhead", BENCH, proxy_overhead);
 }
 
-// ---------------------------------------------------------------- helpers
-
-async fn redis_conn(t: &RedisTarget) -> redis::RedisResult<MultiplexedConnection> {
-    let client = redis::Client::open(t.url())?;
-    let cfg = redis::AsyncConnectionConfig::new()
+pub(super) async fn redis_conn(t: &RedisTarget) -> ::redis::RedisResult<MultiplexedConnection> {
+    let client = ::redis::Client::open(t.url())?;
+    let cfg = ::redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(Duration::from_secs(30)));
     let mut c = client.get_multiplexed_async_connection_with_config(&cfg).await?;
-    redis::cmd("CLIENT").arg("SETNAME").arg(&t.client_name).query_async::<()>(&mut c).await?;
+    ::redis::cmd("CLIENT").arg("SETNAME").arg(&t.client_name).query_async::<()>(&mut c).await?;
     Ok(c)
 }
 
-async fn pg_conn(t: &PgTarget) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = pg_target_config(t).connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// The io error kind somewhere in `e`'s source chain.
-fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
-    let mut cur = Some(e);
-    while let Some(x) = cur {
-        if let Some(io) = x.downcast_ref::<io::Error>() {
-            return Some(io.kind());
-        }
-        cur = x.source();
-    }
-    None
-}
-
-async fn redis_setup(ctx: &TestCtx) -> anyhow::Result<(Arc<service::RedisServer>, service::TestRedis)> {
+pub(super) async fn redis_setup(ctx: &TestCtx) -> anyhow::Result<(Arc<service::RedisServer>, service::TestRedis)> {
     ctx.step("getting the redis server");
     let server = service::redis().await?;
-    let db = server.test_db(ctx).await?;
-    Ok((server, db))
-}
-
-async fn pg_setup(ctx: &TestCtx) -> anyhow::Result<(Arc<service::PgServer>, service::TestDb)> {
-    ctx.step("getting the postgres server");
-    let server = service::postgres().await?;
     let db = server.test_db(ctx).await?;
     Ok((server, db))
 }
@@ -114,31 +45,6 @@ async fn pg_setup(ctx: &TestCtx) -> anyhow::Result<(Arc<service::PgServer>, serv
 fn key(t: &RedisTarget, k: &str) -> String {
     format!("{}{k}", t.key_prefix)
 }
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Waits for `cond` with a deadline (never a fixed sleep as synchronisation).
-async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        if Instant::now() >= deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------- proxy faults
 
 async fn redis_latency(ctx: TestCtx) -> anyhow::Result<()> {
     let (_server, db) = redis_setup(&ctx).await?;
@@ -150,7 +56,7 @@ async fn redis_latency(ctx: TestCtx) -> anyhow::Result<()> {
     let mut took = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        redis::cmd("PING").query_async::<String>(&mut c).await?;
+        ::redis::cmd("PING").query_async::<String>(&mut c).await?;
         took.push(t.elapsed());
     }
     took.sort();
@@ -163,7 +69,7 @@ async fn redis_latency(ctx: TestCtx) -> anyhow::Result<()> {
     let mut took = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
-        redis::cmd("PING").query_async::<String>(&mut c).await?;
+        ::redis::cmd("PING").query_async::<String>(&mut c).await?;
         took.push(t.elapsed());
     }
     took.sort();
@@ -172,67 +78,22 @@ async fn redis_latency(ctx: TestCtx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pg_latency(ctx: TestCtx) -> anyhow::Result<()> {
-    let (_server, db) = pg_setup(&ctx).await?;
-    let (proxy, via) = FaultProxy::for_pg(&ctx, &db.target).await?;
-    let client = pg_conn(&via).await?;
-    let delay = Duration::from_millis(150);
-    let _g = proxy.add(FaultSpec::new(FaultKind::latency(delay, Duration::ZERO)).upstream())?;
-    ctx.step("timing queries under 150 ms of upstream latency");
-    let mut took = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        client.simple_query("SELECT 1").await?;
-        took.push(t.elapsed());
-    }
-    took.sort();
-    ensure!(took[0] >= delay, "a query took {:?} under {delay:?} of latency", took[0]);
-    ctx.record(Metric::lower("latency_150ms_p50_ms", ms(percentile(&took, 0.5))));
-    Ok(())
-}
-
-async fn pg_reset_peer(ctx: TestCtx) -> anyhow::Result<()> {
-    let (_server, db) = pg_setup(&ctx).await?;
-    let (proxy, via) = FaultProxy::for_pg(&ctx, &db.target).await?;
-    let client = pg_conn(&via).await?;
-    client.simple_query("SELECT 1").await.context("before the fault")?;
-    let g = proxy.add(FaultSpec::new(FaultKind::reset_peer(Duration::ZERO)).upstream())?;
-    ctx.step("querying a connection that gets reset");
-    let e = client.simple_query("SELECT 1").await.err().context("a query on a reset connection succeeded")?;
-    let kind = io_kind(&e);
-    ensure!(
-        kind == Some(io::ErrorKind::ConnectionReset) || e.is_closed(),
-        "expected a connection reset, got {e} (io kind {kind:?})"
-    );
-    ctx.note(format!("tokio-postgres saw the reset as: {e} (io kind {kind:?})"));
-    // a raw socket sees the RST itself
-    let mut raw = tokio::net::TcpStream::connect(proxy.addr()).await?;
-    raw.write_all(b"\0\0\0\x08\x04\xd2\x16\x2f").await?; // SSLRequest: any bytes trigger the reset
-    let mut b = [0u8; 1];
-    let r = raw.read(&mut b).await;
-    ensure!(
-        matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
-        "a raw socket read after the reset gave {r:?}, expected ECONNRESET"
-    );
-    g.heal()?;
-    let fresh = pg_conn(&via).await.context("a new connection after the heal")?;
-    fresh.simple_query("SELECT 1").await?;
-    Ok(())
-}
-
 async fn redis_reset_peer(ctx: TestCtx) -> anyhow::Result<()> {
     let (_server, db) = redis_setup(&ctx).await?;
     let (proxy, via) = FaultProxy::for_redis(&ctx, &db.target).await?;
     let mut c = redis_conn(&via).await?;
-    let _: String = redis::cmd("PING").query_async(&mut c).await?;
+    let _: String = ::redis::cmd("PING").query_async(&mut c).await?;
     let g = proxy.add(FaultSpec::new(FaultKind::reset_peer(Duration::ZERO)).upstream())?;
-    let e =
-        redis::cmd("PING").query_async::<String>(&mut c).await.err().context("PING on a reset connection succeeded")?;
+    let e = ::redis::cmd("PING")
+        .query_async::<String>(&mut c)
+        .await
+        .err()
+        .context("PING on a reset connection succeeded")?;
     ensure!(e.is_connection_dropped() || e.is_io_error(), "expected a dropped connection, got {e} ({:?})", e.kind());
     ctx.note(format!("redis-rs saw the reset as: {e} (io kind {:?})", io_kind(&e)));
     g.heal()?;
     let mut c = redis_conn(&via).await?;
-    let _: String = redis::cmd("PING").query_async(&mut c).await?;
+    let _: String = ::redis::cmd("PING").query_async(&mut c).await?;
     Ok(())
 }
 
@@ -240,51 +101,20 @@ async fn redis_down(ctx: TestCtx) -> anyhow::Result<()> {
     let (_server, db) = redis_setup(&ctx).await?;
     let (proxy, via) = FaultProxy::for_redis(&ctx, &db.target).await?;
     let mut open = redis_conn(&via).await?;
-    let _: String = redis::cmd("PING").query_async(&mut open).await?;
+    let _: String = ::redis::cmd("PING").query_async(&mut open).await?;
 
     ctx.step("taking the proxy down");
     let g = proxy.add(FaultKind::down())?;
     let e = redis_conn(&via).await.err().context("a new connection succeeded while down")?;
     ensure!(e.is_connection_refusal(), "a new connection while down failed with {e}, expected a refusal");
-    let r = redis::cmd("PING").query_async::<String>(&mut open).await;
+    let r = ::redis::cmd("PING").query_async::<String>(&mut open).await;
     ensure!(r.is_err(), "an open connection still answered while down: {r:?}");
     wait_for("open connections to be cut", Duration::from_secs(5), || proxy.open_connections() == 0).await?;
 
     ctx.step("healing");
     g.heal()?;
     let mut c = redis_conn(&via).await.context("connecting after the heal")?;
-    let _: String = redis::cmd("PING").query_async(&mut c).await?;
-    Ok(())
-}
-
-async fn pg_timeout(ctx: TestCtx) -> anyhow::Result<()> {
-    let (_server, db) = pg_setup(&ctx).await?;
-    let (proxy, via) = FaultProxy::for_pg(&ctx, &db.target).await?;
-    let client = Arc::new(pg_conn(&via).await?);
-
-    ctx.step("blackholing: a query hangs");
-    let g = proxy.add(FaultKind::blackhole())?;
-    let c = client.clone();
-    let started = Instant::now();
-    let q = tokio::spawn(async move { c.query_one("SELECT 6 * 7", &[]).await.map(|r| r.get::<_, i32>(0)) });
-    tokio::time::sleep(HANG).await; // proving a hang takes time
-    ensure!(!q.is_finished(), "the query finished during a blackhole");
-    ctx.step("healing: the held query is answered");
-    let healed = Instant::now();
-    g.heal()?;
-    let v = tokio::time::timeout(Duration::from_secs(10), q)
-        .await
-        .context("the query was not released by the heal")???;
-    ensure!(v == 42, "the held query answered {v}");
-    ensure!(started.elapsed() >= HANG, "answered too early");
-    ctx.record(Metric::lower("release_after_heal_ms", ms(healed.elapsed())));
-
-    ctx.step("timeout 300 ms: the connection is closed when it passes");
-    let _g = proxy.add(FaultKind::timeout(Duration::from_millis(300)))?;
-    let t = Instant::now();
-    let r = client.simple_query("SELECT 1").await;
-    ensure!(r.is_err(), "a query succeeded through a timeout fault");
-    ensure!(t.elapsed() >= Duration::from_millis(250), "closed after {:?}, before the 300 ms timeout", t.elapsed());
+    let _: String = ::redis::cmd("PING").query_async(&mut c).await?;
     Ok(())
 }
 
@@ -293,14 +123,14 @@ async fn redis_bandwidth(ctx: TestCtx) -> anyhow::Result<()> {
     let mut direct = db.connect().await?;
     let size = 300 * 1024;
     let k = key(&db.target, "big");
-    let _: () = redis::cmd("SET").arg(&k).arg(vec![b'x'; size]).query_async(&mut direct).await?;
+    let _: () = ::redis::cmd("SET").arg(&k).arg(vec![b'x'; size]).query_async(&mut direct).await?;
     let (proxy, via) = FaultProxy::for_redis(&ctx, &db.target).await?;
     let mut c = redis_conn(&via).await?;
     let cap = 150 * 1024u64;
     let _g = proxy.add(FaultKind::bandwidth(cap))?;
     ctx.step("GET of 300 KiB capped at 150 KiB/s");
     let t = Instant::now();
-    let v: Vec<u8> = redis::cmd("GET").arg(&k).query_async(&mut c).await?;
+    let v: Vec<u8> = ::redis::cmd("GET").arg(&k).query_async(&mut c).await?;
     let took = t.elapsed();
     ensure!(v.len() == size, "got {} bytes", v.len());
     let rate = size as f64 / took.as_secs_f64();
@@ -315,12 +145,12 @@ async fn redis_slicer(ctx: TestCtx) -> anyhow::Result<()> {
     let mut direct = db.connect().await?;
     let value: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     let k = key(&db.target, "sliced");
-    let _: () = redis::cmd("SET").arg(&k).arg(&value).query_async(&mut direct).await?;
+    let _: () = ::redis::cmd("SET").arg(&k).arg(&value).query_async(&mut direct).await?;
     let (proxy, via) = FaultProxy::for_redis(&ctx, &db.target).await?;
     let mut c = redis_conn(&via).await?;
     let _g = proxy.add(FaultKind::slicer(100, 50, Duration::from_millis(1)))?;
     let t = Instant::now();
-    let got: Vec<u8> = redis::cmd("GET").arg(&k).query_async(&mut c).await?;
+    let got: Vec<u8> = ::redis::cmd("GET").arg(&k).query_async(&mut c).await?;
     let took = t.elapsed();
     ensure!(got == value, "the value came back changed ({} bytes)", got.len());
     // at least len / 150 pieces, 1 ms apart
@@ -333,11 +163,11 @@ async fn redis_limit_data(ctx: TestCtx) -> anyhow::Result<()> {
     let (_server, db) = redis_setup(&ctx).await?;
     let mut direct = db.connect().await?;
     let k = key(&db.target, "v");
-    let _: () = redis::cmd("SET").arg(&k).arg(vec![b'y'; 10_000]).query_async(&mut direct).await?;
+    let _: () = ::redis::cmd("SET").arg(&k).arg(vec![b'y'; 10_000]).query_async(&mut direct).await?;
     let (proxy, via) = FaultProxy::for_redis(&ctx, &db.target).await?;
     let mut c = redis_conn(&via).await?;
     let _g = proxy.add(FaultKind::limit_data(1000))?;
-    let r = redis::cmd("GET").arg(&k).query_async::<Vec<u8>>(&mut c).await;
+    let r = ::redis::cmd("GET").arg(&k).query_async::<Vec<u8>>(&mut c).await;
     let e = r.err().context("a 10 kB reply passed a 1000 B limit")?;
     ensure!(e.is_connection_dropped() || e.is_io_error(), "expected the connection closed, got {e}");
     wait_for("the limited connection to close", Duration::from_secs(5), || proxy.open_connections() == 0).await?;
@@ -383,29 +213,6 @@ async fn redis_toxicity(ctx: TestCtx) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ---------------------------------------------------------------- worker kills
-
-async fn pg_kill_backends(ctx: TestCtx) -> anyhow::Result<()> {
-    let (server, db) = pg_setup(&ctx).await?;
-    let mut clients = Vec::new();
-    for _ in 0..5 {
-        clients.push(db.connect().await?);
-    }
-    ctx.step("terminating 60 % of the test's backends");
-    let report =
-        kill_pg_backends(&server.admin_target(), &db.target.application_name, Victims::Fraction(0.6), &mut ctx.rng())
-            .await?;
-    ensure!(report.seen == 5 && report.killed.len() == 3, "expected 3 of 5 killed, got {report:?}");
-    let mut failed = 0;
-    for c in &clients {
-        if c.simple_query("SELECT 1").await.is_err() {
-            failed += 1;
-        }
-    }
-    ensure!(failed == 3, "{failed} of 5 connections failed after 3 were terminated");
-    Ok(())
-}
-
 async fn redis_kill_clients(ctx: TestCtx) -> anyhow::Result<()> {
     let (server, db) = redis_setup(&ctx).await?;
     let mut conns = Vec::new();
@@ -417,7 +224,7 @@ async fn redis_kill_clients(ctx: TestCtx) -> anyhow::Result<()> {
     ensure!(report.seen == 5 && report.killed.len() == 2, "expected 2 of 5 killed, got {report:?}");
     let mut failed = 0;
     for c in &mut conns {
-        if redis::cmd("PING").query_async::<String>(c).await.is_err() {
+        if ::redis::cmd("PING").query_async::<String>(c).await.is_err() {
             failed += 1;
         }
     }
@@ -437,83 +244,11 @@ async fn redis_proxy_resets(ctx: TestCtx) -> anyhow::Result<()> {
     wait_for("two proxied connections to end", Duration::from_secs(5), || proxy.open_connections() == 3).await?;
     let mut failed = 0;
     for c in &mut conns {
-        if redis::cmd("PING").query_async::<String>(c).await.is_err() {
+        if ::redis::cmd("PING").query_async::<String>(c).await.is_err() {
             failed += 1;
         }
     }
     ensure!(failed == 2, "{failed} of 5 connections failed after 2 were reset");
-    Ok(())
-}
-
-async fn pg_abort_workers(ctx: TestCtx) -> anyhow::Result<()> {
-    let (_server, db) = pg_setup(&ctx).await?;
-    let killer = TaskKiller::new(ctx.seed());
-    let in_query = Arc::new(Mutex::new(0usize));
-    for _ in 0..5 {
-        let client = db.connect().await?;
-        let in_query = in_query.clone();
-        killer.spawn(move |hold| async move {
-            for _ in 0..1000 {
-                let _h = hold.enter(); // holding the connection for the query
-                *in_query.lock() += 1;
-                let r = client.simple_query("SELECT pg_sleep(0.05)").await;
-                *in_query.lock() -= 1;
-                r?;
-            }
-            Ok::<_, tokio_postgres::Error>(())
-        });
-    }
-    ctx.step("aborting 60 % of the workers mid-query");
-    let n = killer.kill_holding(Victims::Fraction(0.6), Duration::from_secs(5)).await;
-    ensure!(n == 3, "aborted {n} workers, expected 3 of 5");
-    wait_for("three workers to stop", Duration::from_secs(5), || killer.running() == 2).await?;
-    ensure!(killer.holding() <= 2, "aborted workers still count as holding");
-    // an aborted worker never got past its query: its increment stays
-    let n = *in_query.lock();
-    ensure!((3..=5).contains(&n), "{n} workers counted in a query; the 3 aborted ones were not aborted mid-query");
-    killer.abort_all();
-    Ok(())
-}
-
-// ---------------------------------------------------------------- server faults
-
-async fn pg_restart(ctx: TestCtx) -> anyhow::Result<()> {
-    let (server, db) = pg_setup(&ctx).await?;
-    let before = db.connect().await?;
-    let row = before.query_one("SELECT pg_backend_pid(), pg_postmaster_start_time()::text", &[]).await?;
-    let (pid_before, start_before): (i32, String) = (row.get(0), row.get(1));
-    ctx.step("restarting postgres");
-    ServerFaults::for_test(&ctx, server.clone()).restart().await.map_err(|e| e.into_test_error(&ctx))?;
-    ensure!(before.simple_query("SELECT 1").await.is_err(), "a connection from before the restart still answered");
-    let after = db.connect().await.context("connecting after the restart")?;
-    let row = after.query_one("SELECT pg_backend_pid(), pg_postmaster_start_time()::text", &[]).await?;
-    let (pid_after, start_after): (i32, String) = (row.get(0), row.get(1));
-    ensure!(
-        start_after != start_before,
-        "the postmaster start time did not change ({start_before}): no restart happened"
-    );
-    ensure!(pid_after != pid_before, "the same backend PID {pid_before} answered after a restart");
-    ctx.note(format!("backend pid {pid_before} -> {pid_after}; postmaster started {start_before} -> {start_after}"));
-    Ok(())
-}
-
-async fn pg_pause(ctx: TestCtx) -> anyhow::Result<()> {
-    let (server, db) = pg_setup(&ctx).await?;
-    let client = Arc::new(db.connect().await?);
-    let faults = ServerFaults::for_test(&ctx, server.clone());
-    ctx.step("pausing postgres");
-    let paused = faults.pause().await.map_err(|e| e.into_test_error(&ctx))?;
-    let c = client.clone();
-    let q = tokio::spawn(async move { c.query_one("SELECT 40 + 2", &[]).await.map(|r| r.get::<_, i32>(0)) });
-    tokio::time::sleep(HANG).await; // proving a hang takes time
-    if q.is_finished() {
-        bail!("a query finished against a paused server: {:?}", q.await);
-    }
-    ctx.step("unpausing");
-    paused.heal().await.map_err(|e| e.into_test_error(&ctx))?;
-    let v =
-        tokio::time::timeout(Duration::from_secs(10), q).await.context("the query stayed stuck after unpause")???;
-    ensure!(v == 42, "answered {v}");
     Ok(())
 }
 
@@ -527,17 +262,15 @@ async fn redis_sigkill(ctx: TestCtx) -> anyhow::Result<()> {
     ctx.step("starting again");
     killed.heal().await.map_err(|e| e.into_test_error(&ctx))?;
     let mut c = redis_conn(&db.target).await.context("connecting after the start")?;
-    let _: String = redis::cmd("PING").query_async(&mut c).await?;
+    let _: String = ::redis::cmd("PING").query_async(&mut c).await?;
     ctx.step("stopped for 1 s");
     let t = Instant::now();
     faults.stop_for(Duration::from_secs(1)).await.map_err(|e| e.into_test_error(&ctx))?;
     ensure!(t.elapsed() >= Duration::from_secs(1), "stop_for returned early");
     let mut c = redis_conn(&db.target).await?;
-    let _: String = redis::cmd("PING").query_async(&mut c).await?;
+    let _: String = ::redis::cmd("PING").query_async(&mut c).await?;
     Ok(())
 }
-
-// ---------------------------------------------------------------- schedules
 
 const REDIS_SCHEDULE: &str = r#"
 [[step]]
@@ -582,7 +315,7 @@ async fn redis_load(via: RedisTarget, k: String, workers: usize, until: Instant,
                     }
                 }
                 let c = conn.as_mut().expect("connected above");
-                let r = redis::cmd("GET").arg(&k).query_async::<Option<String>>(c).await;
+                let r = ::redis::cmd("GET").arg(&k).query_async::<Option<String>>(c).await;
                 samples.lock().push(Sample::new(Instant::now(), r.is_ok()));
                 if r.is_err() {
                     conn = None;
@@ -629,103 +362,6 @@ async fn redis_schedule(ctx: TestCtx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pg_schedule(ctx: TestCtx) -> anyhow::Result<()> {
-    let (server, db) = pg_setup(&ctx).await?;
-    let mut clients = Vec::new();
-    for _ in 0..5 {
-        clients.push(db.connect().await?);
-    }
-    let schedule = Schedule::new()
-        .at(Duration::from_millis(300), Action::kill_connections(Victims::Fraction(0.6)))
-        .at(Duration::from_millis(800), Action::restart());
-    let env = ChaosEnv::new()
-        .server(&ctx, server.clone())
-        .postgres_connections(server.admin_target(), db.target.application_name.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let mut workers = tokio::task::JoinSet::new();
-    for client in clients {
-        let (target, stop, samples) = (db.target.clone(), stop.clone(), samples.clone());
-        workers.spawn(async move {
-            let mut client = Some(client);
-            for _ in 0..100_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let ok = match &client {
-                    Some(c) => c.simple_query("SELECT 1").await.is_ok(),
-                    None => false,
-                };
-                samples.lock().push(Sample::new(Instant::now(), ok));
-                if !ok {
-                    client = pg_conn(&target).await.ok();
-                    if client.is_none() {
-                        tokio::time::sleep(Duration::from_millis(10)).await; // reconnect backoff
-                    }
-                }
-            }
-        });
-    }
-    ctx.step("running kills and a restart under load");
-    let run = schedule.start(&ctx, &env)?;
-    let records = run.finish().await?;
-    // observe the recovery for a second after the restart returned
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    while workers.join_next().await.is_some() {}
-    let kill = records[0].detail.clone().unwrap_or_default();
-    ensure!(kill == "killed 3 of 5 server connections", "{kill}");
-    let restart = &records[1];
-    let r = analyse(
-        &samples.lock(),
-        &FaultWindow::new(restart.started.context("no start")?, restart.ended.context("no end")?),
-    );
-    r.record(&ctx, "restart_");
-    ensure!(r.first_success_after_heal.is_some(), "nothing succeeded after the restart: {r:?}");
-    ensure!(r.error_rate_recovered_after.is_some(), "the error rate never recovered after the restart: {r:?}");
-    Ok(())
-}
-
-// ---------------------------------------------------------------- healing
-
-async fn panic_heals(ctx: TestCtx) -> anyhow::Result<()> {
-    let (redis_server, rdb) = redis_setup(&ctx).await?;
-    let (pg_server, pdb) = pg_setup(&ctx).await?;
-    let (proxy, via) = FaultProxy::for_redis(&ctx, &rdb.target).await?;
-    ctx.step("a task takes faults and panics in the middle of them");
-    let (p, c, pg) = (proxy.clone(), ctx.clone(), pg_server.clone());
-    let task = tokio::spawn(async move {
-        let _down = p.add(FaultKind::down()).expect("down");
-        let _slow = p.add(FaultKind::latency(Duration::from_secs(1), Duration::ZERO)).expect("latency");
-        let _paused = ServerFaults::for_test(&c, pg).pause().await.expect("pause postgres");
-        panic!("deliberate panic while the proxy is down and postgres is paused");
-    });
-    let r = task.await;
-    ensure!(r.as_ref().is_err_and(|e| e.is_panic()), "the task was meant to panic: {r:?}");
-
-    ctx.step("the same in a catch_unwind block on this thread");
-    let p = proxy.clone();
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        let _g = p.add(FaultKind::blackhole()).expect("blackhole");
-        panic!("deliberate panic while blackholed");
-    }));
-    ensure!(caught.is_err(), "the block was meant to panic");
-
-    ctx.step("checking everything was healed");
-    ensure!(proxy.active().is_empty() && !proxy.is_down(), "proxy faults survived the panic: {:?}", proxy.active());
-    let mut c = tokio::time::timeout(Duration::from_secs(5), redis_conn(&via)).await.context("proxy hangs")??;
-    let t = Instant::now();
-    let _: String = redis::cmd("PING").query_async(&mut c).await?;
-    ensure!(t.elapsed() < Duration::from_millis(500), "PING took {:?}: latency was not healed", t.elapsed());
-    let client =
-        tokio::time::timeout(Duration::from_secs(5), pdb.connect()).await.context("postgres still paused")??;
-    tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1"))
-        .await
-        .context("postgres still paused")??;
-    drop(redis_server);
-    Ok(())
-}
-
 async fn shutdown_heals(ctx: TestCtx) -> anyhow::Result<()> {
     let (server, db) = redis_setup(&ctx).await?;
     ctx.step("a runtime pauses redis and is shut down mid-fault (as on a missed deadline)");
@@ -749,29 +385,11 @@ async fn shutdown_heals(ctx: TestCtx) -> anyhow::Result<()> {
     ctx.step("redis must answer again");
     let mut c =
         tokio::time::timeout(Duration::from_secs(5), redis_conn(&db.target)).await.context("redis still paused")??;
-    let _: String = tokio::time::timeout(Duration::from_secs(5), redis::cmd("PING").query_async(&mut c))
+    let _: String = tokio::time::timeout(Duration::from_secs(5), ::redis::cmd("PING").query_async(&mut c))
         .await
         .context("redis still paused")??;
     Ok(())
 }
-
-async fn next_test_finds_servers_running(ctx: TestCtx) -> anyhow::Result<()> {
-    // Straight to the admin targets: no test_db, whose ensure_running would hide a server left broken.
-    let pg = service::postgres().await?;
-    let redis_server = service::redis().await?;
-    ctx.step("postgres answers");
-    let c =
-        tokio::time::timeout(Duration::from_secs(5), pg_conn(&pg.admin_target())).await.context("postgres hangs")??;
-    c.simple_query("SELECT 1").await?;
-    ctx.step("redis answers");
-    let mut r = tokio::time::timeout(Duration::from_secs(5), redis_conn(&redis_server.admin_target()))
-        .await
-        .context("redis hangs")??;
-    let _: String = redis::cmd("PING").query_async(&mut r).await?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------- overhead
 
 /// One closed-loop round: `conns` workers each GET in a loop for `dur`.
 /// Returns (per-op latencies sorted, ops/s).
@@ -792,10 +410,10 @@ async fn get_round(target: &RedisTarget, k: &str, conns: usize, dur: Duration) -
                 if t >= until {
                     break;
                 }
-                redis::cmd("GET").arg(&k).query_async::<Option<Vec<u8>>>(&mut c).await?;
+                ::redis::cmd("GET").arg(&k).query_async::<Option<Vec<u8>>>(&mut c).await?;
                 lat.push(t.elapsed());
             }
-            Ok::<_, redis::RedisError>(lat)
+            Ok::<_, ::redis::RedisError>(lat)
         });
     }
     let mut all = Vec::new();
@@ -817,7 +435,7 @@ async fn proxy_overhead(ctx: TestCtx) -> anyhow::Result<()> {
     let (_server, db) = redis_setup(&ctx).await?;
     let k = key(&db.target, "bench");
     let mut direct_conn = db.connect().await?;
-    let _: () = redis::cmd("SET").arg(&k).arg("0123456789abcdef").query_async(&mut direct_conn).await?;
+    let _: () = ::redis::cmd("SET").arg(&k).arg("0123456789abcdef").query_async(&mut direct_conn).await?;
     let (proxy, via) = FaultProxy::for_redis(&ctx, &db.target).await?;
     let conns = 50;
     let rounds = ctx.profile().pick(3, 5);
