@@ -13,7 +13,7 @@ use crate::suites::stress_pg;
 use crate::suites::stress_redis;
 use crate::{
     kit::{NetService, Rig, ServiceFixture},
-    suites::{bench, chaos, combo, conformance, exhaustion, layer2, stress_edge},
+    suites::{bench, chaos, combo, conformance, exhaustion, fairness, layer2, stress_edge},
 };
 
 /// A service whose pools poolstress has suites for: Postgres, Redis, and the
@@ -45,6 +45,7 @@ fn register_net<S: NetService>(r: &mut Registry, a: Adapter<S>, stress: fn(&mut 
     stress_edge::register_adapters(r, vec![a.clone()]);
     chaos::register_rigs(r, chaos::rigs_for(a.clone()));
     combo::register_adapters(r, vec![a.clone()]);
+    fairness::register_adapters(r, vec![a.clone()]);
     exhaustion::register_adapters(r, vec![a.clone()]);
     bench::register_adapters(r, vec![a.clone()]);
     layer2::register_adapters(r, vec![a]);

@@ -110,17 +110,20 @@ pub enum Defect {
     /// The check of an idle connection (a ping) runs outside the acquire
     /// timeout and has none of its own: a silent server hangs the acquire.
     ValidationIgnoresTimeout,
+    /// Callers waiting for a slot are served last come, first served.
+    LifoWaiters,
 }
 
 impl Defect {
     /// Every defect.
-    pub const ALL: [Defect; 6] = [
+    pub const ALL: [Defect; 7] = [
         Defect::LeakOnCancel,
         Defect::DesyncOnCancel,
         Defect::PastMaxAfterFailures,
         Defect::StarvesAfterKills,
         Defect::IgnoresAcquireTimeout,
         Defect::ValidationIgnoresTimeout,
+        Defect::LifoWaiters,
     ];
 
     /// The name in pool and test names.
@@ -132,6 +135,7 @@ impl Defect {
             Defect::StarvesAfterKills => "starves_after_kills",
             Defect::IgnoresAcquireTimeout => "ignores_acquire_timeout",
             Defect::ValidationIgnoresTimeout => "validation_ignores_timeout",
+            Defect::LifoWaiters => "lifo_waiters",
         }
     }
 }
@@ -178,6 +182,7 @@ impl<S: ZooDriver> PoolAdapter for ZooAdapter<S> {
             .with(Knob::StatusSize)
             .with(Knob::StatusIdle)
             .with(Knob::StatusWaiters)
+            .with_note(Knob::FifoWaiters, "waiters queue on tokio's fair Semaphore")
     }
 
     fn build<'a>(
@@ -195,6 +200,7 @@ impl<S: ZooDriver> PoolAdapter for ZooAdapter<S> {
                 open: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
                 debt: AtomicUsize::new(0),
+                stack: Mutex::new(Vec::new()),
             });
             Ok(Box::new(ZooPool { shared }) as Box<dyn PoolUnderTest>)
         })
@@ -212,6 +218,8 @@ struct Shared<S: ZooDriver> {
     waiting: AtomicUsize,
     /// StarvesAfterKills: slots owed (forgotten at the next release).
     debt: AtomicUsize,
+    /// LifoWaiters: the waiters, the latest on top.
+    stack: Mutex<Vec<Arc<tokio::sync::Notify>>>,
 }
 
 struct Idle<S: ZooDriver> {
@@ -221,6 +229,30 @@ struct Idle<S: ZooDriver> {
 }
 
 impl<S: ZooDriver> Shared<S> {
+    /// LifoWaiters: a slot at once if one is free, else wait on top of the
+    /// stack; a release wakes the waiter on top (the latest).
+    async fn lifo_slot(&self) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let me = Arc::new(tokio::sync::Notify::new());
+        self.stack.lock().push(me.clone());
+        let _off = OffStack { stack: &self.stack, me: me.clone() };
+        loop {
+            me.notified().await;
+            if let Ok(p) = self.slots.clone().try_acquire_owned() {
+                return Ok(p);
+            }
+        }
+    }
+
+    /// LifoWaiters: after a slot came back, wakes the latest waiter.
+    fn wake_latest(&self) {
+        if let Some(top) = self.stack.lock().last() {
+            top.notify_one();
+        }
+    }
+
     /// A dead connection was thrown away (its slot, if it had one, goes back
     /// when its checkout's permit drops): the two defects about it act here.
     fn discarded_dead(&self, own_slot: Option<&mut Option<OwnedSemaphorePermit>>) {
@@ -252,6 +284,18 @@ impl<S: ZooDriver> Drop for Opened<S> {
     }
 }
 
+/// Takes a LIFO waiter off the stack when it leaves (served, timed out, cancelled).
+struct OffStack<'a> {
+    stack: &'a Mutex<Vec<Arc<tokio::sync::Notify>>>,
+    me: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for OffStack<'_> {
+    fn drop(&mut self) {
+        self.stack.lock().retain(|n| !Arc::ptr_eq(n, &self.me));
+    }
+}
+
 struct ZooPool<S: ZooDriver> {
     shared: Arc<Shared<S>>,
 }
@@ -272,7 +316,12 @@ impl<S: ZooDriver> ZooPool<S> {
         let started = Instant::now();
         sh.waiting.fetch_add(1, Ordering::Relaxed);
         let waiting = Waiting(&sh.waiting);
-        let slot = sh.slots.clone().acquire_owned();
+        let slot: BoxFuture<'_, Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> =
+            if sh.defect == Some(Defect::LifoWaiters) {
+                Box::pin(sh.lifo_slot())
+            } else {
+                Box::pin(sh.slots.clone().acquire_owned())
+            };
         let slot = match sh.cfg.acquire_timeout.filter(|_| sh.defect != Some(Defect::IgnoresAcquireTimeout)) {
             Some(t) => tokio::time::timeout(t, slot)
                 .await
@@ -327,6 +376,18 @@ impl<S: ZooDriver> PoolUnderTest for ZooPool<S> {
         Box::pin(self.checkout())
     }
 
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let sh = &self.shared;
+            // Waiters and later acquires fail with Closed; idle connections
+            // close now, checked-out ones when they come back.
+            sh.slots.close();
+            let idle: Vec<Idle<S>> = std::mem::take(&mut *sh.idle.lock());
+            sh.open.fetch_sub(idle.len(), Ordering::Relaxed);
+            drop(idle);
+        })
+    }
+
     fn status(&self) -> Option<PoolStatus> {
         let sh = &self.shared;
         Some(PoolStatus {
@@ -356,7 +417,7 @@ impl<S: ZooDriver> Drop for ZooConn<S> {
         if cut && defect == Some(Defect::LeakOnCancel) {
             std::mem::forget(self.slot.take());
         }
-        let keep = !self.broken && (!cut || defect == Some(Defect::DesyncOnCancel));
+        let keep = !self.broken && (!cut || defect == Some(Defect::DesyncOnCancel)) && !sh.slots.is_closed();
         match self.conn.take() {
             Some(conn) if keep => {
                 let stale = if cut {
@@ -379,6 +440,10 @@ impl<S: ZooDriver> Drop for ZooConn<S> {
             && sh.debt.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1)).is_ok()
         {
             std::mem::forget(self.slot.take());
+        }
+        if defect == Some(Defect::LifoWaiters) {
+            drop(self.slot.take());
+            sh.wake_latest();
         }
     }
 }

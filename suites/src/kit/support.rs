@@ -3,7 +3,7 @@
 //! load-generator op over a [`Pool`] ([`pool_op`]), and budget checks that
 //! record the catalogue's number and fail only far past it.
 
-use std::{sync::Arc, time::Duration};
+use std::{sync::Arc, task::Poll, time::Duration};
 
 use anyhow::Context;
 use futures::future::BoxFuture;
@@ -13,6 +13,8 @@ use poolstress_harness::{
     metrics::{check_at_least, check_at_most, PhaseStats, ResourceMonitor},
     Metric, TestCtx,
 };
+
+use tokio::task::JoinHandle;
 
 use super::service::{wait_until, Provided, ServiceFixture};
 
@@ -310,4 +312,15 @@ fn tcp_sockets() -> std::collections::HashMap<String, String> {
 
 fn ip_is_v4(hex: &str) -> bool {
     hex.split_once(':').is_some_and(|(ip, _)| ip.len() == 8)
+}
+
+/// Polls `f` once right here, so it takes its place in the pool's queue
+/// before the caller starts the next one (the arrival order is the order of
+/// calls, with no sleep), then runs it as a task. `Err(output)` if it
+/// finished on that first poll.
+pub async fn start_queued<T: Send + 'static>(mut f: BoxFuture<'static, T>) -> Result<JoinHandle<T>, T> {
+    match std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
+        Poll::Ready(v) => Err(v),
+        Poll::Pending => Ok(tokio::spawn(f)),
+    }
 }

@@ -4,6 +4,8 @@
 //! if the scenario fails and its message names the defect. The correct zoo
 //! pools are registered with every suite like any other pool.
 
+use std::sync::Arc;
+
 use anyhow::{bail, ensure};
 use futures::future::BoxFuture;
 use poolstress_harness::{tag, Registry, TestCtx};
@@ -13,11 +15,15 @@ use crate::{
     suites::{
         chaos::{cancel::cancel_holding, leak::gradual_exhaustion},
         combo::{self, Combo, Fault, Load, State},
+        fairness,
     },
     zoo::{Defect, ZooAdapter, ZooDriver},
 };
 
 type Body = fn(TestCtx, Rig) -> BoxFuture<'static, anyhow::Result<()>>;
+
+/// Scenarios run on a rig are given one; the fairness scenario takes the adapter.
+type Run = Arc<dyn Fn(TestCtx) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
 fn combo_body(c: Combo) -> impl Fn(TestCtx, Rig) -> BoxFuture<'static, anyhow::Result<()>> {
     move |ctx, rig| Box::pin(async move { combo::run(&ctx, &rig, c).await.map(|_| ()) })
@@ -45,6 +51,7 @@ fn catcher(defect: Defect) -> (&'static str, Body, &'static str) {
         Defect::IgnoresAcquireTimeout => {
             ("chaos gradual_exhaustion", |c, r| Box::pin(gradual_exhaustion(c, r)), "acquire timeout ignored")
         }
+        Defect::LifoWaiters => unreachable!("registered with its adapter"),
         Defect::ValidationIgnoresTimeout => (
             "combo silent while idle",
             |c, r| combo_body(Combo { fault: Fault::Silent, state: State::Idle, load: Load::At })(c, r),
@@ -56,13 +63,21 @@ fn catcher(defect: Defect) -> (&'static str, Body, &'static str) {
 #[cfg(any(feature = "postgres", feature = "redis"))]
 fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
     for defect in Defect::ALL {
-        let (scenario, body, must) = catcher(defect);
         let adapter = ZooAdapter::<S>::with(defect);
         let name = format!("zoo::{}::{}[{}]", S::NAME, defect.name(), adapter.name());
-        let rig = Rig::real(adapter);
+        let (scenario, run, must): (&str, Run, &str) = if defect == Defect::LifoWaiters {
+            let a = adapter.clone();
+            let run: Run = Arc::new(move |ctx| Box::pin(fairness::waiters_in_order::<S>(ctx, a.clone())));
+            ("fairness waiters_in_order", run, "out of arrival order")
+        } else {
+            let (scenario, body, must) = catcher(defect);
+            let rig = Rig::real(adapter.clone());
+            let run: Run = Arc::new(move |ctx| body(ctx, rig.clone()));
+            (scenario, run, must)
+        };
         r.test(name, &[tag::CHAOS, tag::LAYER_3, S::NAME], move |ctx| {
-            let rig = rig.clone();
-            async move { must_fail(ctx, rig, scenario, body, must).await }
+            let (run, adapter) = (run.clone(), adapter.name().to_string());
+            async move { must_fail(ctx, &adapter, scenario, run, must).await }
         });
     }
 }
@@ -76,9 +91,8 @@ pub fn register(r: &mut Registry) {
     let _ = r;
 }
 
-async fn must_fail(ctx: TestCtx, rig: Rig, scenario: &str, body: Body, must: &str) -> anyhow::Result<()> {
-    let adapter = rig.adapter.clone();
-    match ctx.with_violations(body(ctx.clone(), rig).await) {
+async fn must_fail(ctx: TestCtx, adapter: &str, scenario: &str, run: Run, must: &str) -> anyhow::Result<()> {
+    match ctx.with_violations(run(ctx.clone()).await) {
         Ok(()) => bail!("{scenario} passed against {adapter}, a pool with a deliberate defect: it does not catch it"),
         Err(e) => {
             let msg = format!("{e:#}");

@@ -13,6 +13,7 @@ pub mod chaos;
 pub mod combo;
 pub mod conformance;
 pub mod exhaustion;
+pub mod fairness;
 pub mod faults;
 pub mod harness_bench;
 pub mod layer2;

@@ -37,7 +37,6 @@ pub mod recovery;
 use std::{
     any::Any,
     sync::Arc,
-    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -52,8 +51,8 @@ use poolstress_harness::{
     metrics::{check_at_least, check_at_most, ResourceMonitor},
     tag, ConnectionCounter, Metric, Registry, TestCtx,
 };
-use tokio::task::JoinHandle;
 
+pub(crate) use crate::kit::support::start_queued;
 use crate::kit::{wait_until, ServiceFixture};
 
 /// Tags of every scenario.
@@ -293,17 +292,6 @@ pub(crate) async fn hold(pool: &Pool, n: usize, within: Duration) -> anyhow::Res
         held.push(r.with_context(|| format!("{}: taking {n} connections at once", pool.name()))?);
     }
     Ok(held)
-}
-
-/// Polls `f` once right here, so it takes its place in the pool's queue
-/// before the caller starts the next one (the arrival order is the order of
-/// calls, with no sleep), then runs it as a task. `Err(output)` if it
-/// finished on that first poll.
-pub(crate) async fn start_queued<T: Send + 'static>(mut f: BoxFuture<'static, T>) -> Result<JoinHandle<T>, T> {
-    match std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
-        Poll::Ready(v) => Err(v),
-        Poll::Pending => Ok(tokio::spawn(f)),
-    }
 }
 
 /// How long released connections get to be back in the pool (or closed,
