@@ -63,7 +63,7 @@ impl PoolSuites for Mock {
 ///
 /// | service | suites |
 /// |---|---|
-/// | Postgres, Redis | `conformance::`, `stress::<service>::`, `stress::edge::<service>::`, `chaos::<service>::` (layer_3) and `chaos::layer_2::` (the in-process stand-in), `exhaustion::<service>::`, `bench::<service>::`, `layer2::<service>::` |
+/// | Postgres, Redis | `conformance::`, `stress::<service>::`, `stress::edge::<service>::`, `chaos::<service>::` (layer_3) and `chaos::layer_2::` (the in-process stand-in), `combo::<service>::`, `fairness::<service>::`, `exhaustion::<service>::`, `bench::<service>::`, `layer2::<service>::` |
 /// | the mock | `conformance::mock::`, `chaos::layer_1::` |
 ///
 /// Each test is named `...[<pool name>]`; a scenario needing a knob the pool
