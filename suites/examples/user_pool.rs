@@ -159,7 +159,21 @@ impl PoolUnderTest for TinyPool {
 
 impl Connection for TinyConn {
     fn run<'a>(&'a mut self, op: &'a Op) -> BoxFuture<'a, Result<OpOutput, PoolError>> {
-        pool::pg::run(self.client.as_mut().expect("present until drop"), op)
+        Box::pin(async move {
+            let client = self.client.as_mut().ok_or_else(|| PoolError::new(Stage::Op, Cause::Closed))?;
+            let Some(t) = self.shared.config.op_timeout else { return pool::pg::run(client, op).await };
+            // The op timeout is enforced here, on the client: the server's
+            // statement_timeout (which `pg::connect` also sets) cannot end a
+            // query while the network is silent (poolstress's combo::*::silent
+            // cells catch a pool that relies on it alone).
+            match tokio::time::timeout(t, pool::pg::run(client, op)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.client = None; // its reply may still come: never hand it out again
+                    Err(PoolError::new(Stage::Op, Cause::TimedOut(Some(t))))
+                }
+            }
+        })
     }
 }
 
