@@ -324,3 +324,54 @@ pub async fn start_queued<T: Send + 'static>(mut f: BoxFuture<'static, T>) -> Re
         Poll::Pending => Ok(tokio::spawn(f)),
     }
 }
+
+/// One round of queued callers: every one of the pool's `max_size`
+/// connections is held, `waiters` callers queue one after another (each in
+/// the pool's queue before the next asks, see [`start_queued`]), then one
+/// connection comes back and serves them all, one at a time. Returns the
+/// order they were served in (arrival order is `0..waiters`).
+pub async fn served_order(pool: &Pool, waiters: usize, round: usize) -> anyhow::Result<Vec<usize>> {
+    let (name, max) = (pool.name().to_string(), pool.config().max_size);
+    let mut held = Vec::with_capacity(max);
+    for i in 0..max {
+        let c = tokio::time::timeout(Duration::from_secs(10), pool.acquire())
+            .await
+            .with_context(|| format!("{name}: checkout {i} of {max} hung (round {round})"))?
+            .with_context(|| format!("{name}: checkout {i} of {max} (round {round})"))?;
+        held.push(c);
+    }
+    let order: Arc<parking_lot::Mutex<Vec<usize>>> = Arc::default();
+    let mut tasks = Vec::with_capacity(waiters);
+    for i in 0..waiters {
+        let (pool, order) = (pool.clone(), order.clone());
+        let f: BoxFuture<'static, Result<(), PoolError>> = Box::pin(async move {
+            let c = pool.acquire().await?;
+            order.lock().push(i);
+            drop(c);
+            Ok(())
+        });
+        match start_queued(f).await {
+            Ok(h) => tasks.push(h),
+            Err(r) => anyhow::bail!("{name}: caller {i} was served at once with all {max} connections held: {r:?}"),
+        }
+    }
+    if pool.capabilities().supports(Knob::StatusWaiters) {
+        wait_until(&format!("{name}: status to report {waiters} waiters"), Duration::from_secs(2), || async {
+            Ok(pool.status().and_then(|s| s.waiters).unwrap_or(0) >= waiters)
+        })
+        .await?;
+    }
+    // One connection comes back: every caller is served through it, one at a time.
+    held.pop();
+    for (i, t) in tasks.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(15), t)
+            .await
+            .with_context(|| format!("{name}: caller {i} was never served (round {round}: {:?})", order.lock()))?
+            .context("a caller panicked")?
+            .with_context(|| format!("{name}: caller {i} failed (round {round})"))?;
+    }
+    drop(held);
+    let o = order.lock().clone();
+    anyhow::ensure!(o.len() == waiters, "{name}: {} of {waiters} callers served in round {round}", o.len());
+    Ok(o)
+}

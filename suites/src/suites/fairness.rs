@@ -11,8 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context};
-use futures::FutureExt;
+use anyhow::ensure;
 use parking_lot::Mutex;
 use poolstress_fixtures::pool::{Adapter, Knob, PoolError};
 use poolstress_harness::{
@@ -22,7 +21,7 @@ use poolstress_harness::{
 
 use crate::kit::{
     register_matrix,
-    support::{setup, start_queued},
+    support::{served_order, setup},
     Finding, NetService, Scenario, Tune,
 };
 
@@ -45,36 +44,7 @@ pub async fn waiters_in_order<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> any
     let name = a.name().to_string();
     for round in 0..rounds {
         ctx.step(format!("round {round}: {waiters} callers queue on an exhausted pool of 2"));
-        let mut held = Vec::new();
-        for i in 0..2 {
-            held.push(pool.acquire().await.with_context(|| format!("{name}: checkout {i} of 2"))?);
-        }
-        let order: Arc<Mutex<Vec<usize>>> = Arc::default();
-        let mut tasks = Vec::new();
-        for i in 0..waiters {
-            let (pool, order) = (pool.clone(), order.clone());
-            let f = async move {
-                let c = pool.acquire().await?;
-                order.lock().push(i);
-                drop(c);
-                Ok::<_, PoolError>(())
-            }
-            .boxed();
-            match start_queued(f).await {
-                Ok(h) => tasks.push(h),
-                Err(r) => bail!("{name}: caller {i} was served at once with both connections held: {r:?}"),
-            }
-        }
-        held.pop();
-        for (i, t) in tasks.into_iter().enumerate() {
-            tokio::time::timeout(Duration::from_secs(15), t)
-                .await
-                .with_context(|| format!("{name}: caller {i} was never served (round {round}: {:?})", order.lock()))?
-                .context("a caller panicked")?
-                .with_context(|| format!("{name}: caller {i} failed (round {round})"))?;
-        }
-        drop(held);
-        let o = order.lock().clone();
+        let o = served_order(&pool, waiters, round).await?;
         ensure!(
             o == (0..waiters).collect::<Vec<_>>(),
             "{name} declares FIFO waiters but served {waiters} queued callers out of arrival order in round {round}: \

@@ -11,8 +11,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context};
 use futures::FutureExt;
-use parking_lot::Mutex;
-use poolstress_fixtures::pool::{Adapter, Knob, Op, PoolConfig, PoolError, Postgres};
+use poolstress_fixtures::pool::{Adapter, Op, PoolConfig, PoolError, Postgres};
 use poolstress_harness::{
     load::{Limit, OpTimer, Phase},
     metrics::PhaseStats,
@@ -20,8 +19,8 @@ use poolstress_harness::{
 };
 
 use super::{
-    check_released, check_server_peak, check_server_settles, hold, latency_budget, rate_floor, setup, start_queued,
-    ungated, wait_until, with_acquire_timeout,
+    check_released, check_server_peak, check_server_settles, hold, latency_budget, rate_floor, served_order, setup,
+    ungated, with_acquire_timeout,
 };
 
 /// Pools whose documentation promises that queued callers are served in
@@ -340,43 +339,7 @@ pub async fn fifo_fairness(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::Result
     let mut orders = Vec::new();
     for round in 0..rounds {
         ctx.step(format!("round {round}: {waiters} waiters queue on an exhausted pool of 2"));
-        let mut held = hold(&fx.pool, 2, Duration::from_secs(10)).await?;
-        let order: Arc<Mutex<Vec<usize>>> = Arc::default();
-        let mut tasks = Vec::new();
-        for i in 0..waiters {
-            let (pool, order) = (fx.pool.clone(), order.clone());
-            let f = async move {
-                let c = pool.acquire().await?;
-                order.lock().push(i);
-                drop(c);
-                Ok::<_, PoolError>(())
-            }
-            .boxed();
-            match start_queued(f).await {
-                Ok(h) => tasks.push(h),
-                Err(r) => bail!("{name}: waiter {i} finished at once with both connections held: {r:?}"),
-            }
-        }
-        if fx.caps.supports(Knob::StatusWaiters) {
-            wait_until(&format!("{name}: status to report {waiters} waiters"), Duration::from_secs(2), || async {
-                Ok(fx.pool.status().and_then(|s| s.waiters).unwrap_or(0) >= waiters)
-            })
-            .await?;
-        }
-        // One connection comes back: every waiter is served through it, one at a time.
-        held.pop();
-        for (i, t) in tasks.into_iter().enumerate() {
-            tokio::time::timeout(Duration::from_secs(15), t)
-                .await
-                .with_context(|| {
-                    format!("{name}: waiter {i} was never served (round {round}, served so far {:?})", order.lock())
-                })?
-                .context("a waiter panicked")?
-                .with_context(|| format!("{name}: waiter {i} failed (round {round})"))?;
-        }
-        drop(held);
-        let o = order.lock().clone();
-        ensure!(o.len() == waiters, "{name}: {} of {waiters} waiters served in round {round}", o.len());
+        let o = served_order(&fx.pool, waiters, round).await?;
         orders.push(o);
     }
     let inv: Vec<usize> = orders.iter().map(|o| inversions(o)).collect();

@@ -13,11 +13,13 @@
 //!
 //! Groups: [`exhaustion`] (1–5), [`performance`] (6–10), [`recovery`]
 //! (11–15), [`resources`] (16–20; exclusive, because they read this
-//! process's fds and RSS).
+//! process's fds and RSS); and beyond the catalogue, [`configuration`]: idle
+//! timeout and min idle checked server side.
 
 use poolstress_fixtures::pool::{Adapter, Redis};
 use poolstress_harness::Registry;
 
+mod configuration;
 mod exhaustion;
 mod performance;
 mod recovery;
@@ -36,5 +38,6 @@ pub fn register_adapters(r: &mut Registry, adapters: Vec<Adapter<Redis>>) {
     table.extend(performance::scenarios());
     table.extend(recovery::scenarios());
     table.extend(resources::scenarios());
+    table.extend(configuration::scenarios());
     register_matrix(r, "stress::redis", Redis::tags(), table, &adapters, FINDINGS);
 }
