@@ -512,10 +512,20 @@ pub async fn pool_serves_again(
     let t = Instant::now();
     let mut streak = 0;
     let mut failures: Vec<String> = Vec::new();
+    // Failures that were waits for a connection (acquire timeouts):
+    // when they are all there is, the pool handed nothing out, which is lost
+    // capacity, not a failure to reconnect.
+    let mut waits = 0;
     while streak < n {
         if t.elapsed() > within {
+            let why = if !failures.is_empty() && waits == failures.len() {
+                "lost capacity: every attempt waited for a connection the pool never handed out (acquire timeouts, \
+                 no connect or I/O error)"
+            } else {
+                "never reconnected"
+            };
             bail!(
-                "{what}: never reconnected: the same pool did not serve {n} operations in a row within {within:?} after the fault \
+                "{what}: {why}: the same pool did not serve {n} operations in a row within {within:?} after the fault \
                  ({} failures; last: {})",
                 failures.len(),
                 failures.last().map(String::as_str).unwrap_or("none")
@@ -525,6 +535,7 @@ pub async fn pool_serves_again(
             Ok(Ok(_)) => streak += 1,
             Ok(Err(e)) => {
                 streak = 0;
+                waits += usize::from(e.class() == ErrorClass::AcquireTimeout);
                 failures.push(format!("[{}] {e}", e.class()));
                 tokio::time::sleep(Duration::from_millis(20)).await; // retry pacing, not synchronisation
             }

@@ -10,8 +10,8 @@
 //!
 //! | dimension | values |
 //! |---|---|
-//! | [`Fault`] | `kill` (60 % of the test's server connections killed server side), `silent` (the proxy forwards nothing and sends no RST or FIN for longer than the acquire timeout, then heals), `refuse` (new connections refused and open ones cut, then healed), `cut_short` (commands cut short by the caller, the checkout then used again) |
-//! | [`State`] when it lands | `idle` (max_size connections open and idle, no load), `busy` (max_size workers: every connection checked out), `queued` (3 x max_size workers: callers queued behind them) |
+//! | [`Fault`] | `kill` (60 % of the test's server connections killed server side), `silent` (the proxy forwards nothing and sends no RST or FIN for longer than the acquire timeout, then heals), `refuse` (new connections refused and open ones cut, then healed), `cut_short` (commands cut short by the caller, the checkout then used again), `restart` (the server restarted; exclusive), `slow` (150 ms each way for a while: recycle checks and ops slow but within the pool's timeouts) |
+//! | [`State`] when it lands | `idle` (max_size connections open and idle, no load), `busy` (max_size workers: every connection checked out), `queued` (3 x max_size workers: callers queued behind them), `returning` (mid-recycle: max_size checkouts released together the instant before the fault) |
 //! | [`Load`] from the fault on | `below` (max_size / 2 workers), `at` (max_size), `above` (2 x max_size) |
 //!
 //! The quick profile runs about a quarter of the (fault, state) cells, chosen
@@ -19,6 +19,11 @@
 //! runs every cell with the three load levels one after another. `--seed`
 //! replays a run's choices; a failure prints its combination and seed.
 //! `POOLSTRESS_COMBO=all` runs every cell in the quick profile too.
+//!
+//! Two cells also run with the pool's *default* timeouts (nothing set, as a
+//! user who configures nothing gets them): `combo::<service>::defaults::
+//! silent::busy` and `defaults::kill::queued`, nightly (or with
+//! `POOLSTRESS_COMBO=all`); a call running [`DEFAULTS_BOUND`] is unbounded.
 //!
 //! Every combination checks, hard: every op accounted for and none answered
 //! with another op's reply; no acquire or op runs unbounded (the harness's
@@ -46,7 +51,7 @@ use std::{
 use anyhow::ensure;
 use poolstress_fixtures::{
     fault::{FaultKind, FaultSpec, FaultWindow, Victims},
-    pool::{Adapter, Knob, Op, Pool, TIMEOUT_SLACK},
+    pool::{Adapter, Checkout, Knob, Op, Pool, TIMEOUT_SLACK},
 };
 use poolstress_harness::{tag, Profile, Registry, TestCtx};
 use rand::Rng;
@@ -70,11 +75,20 @@ pub enum Fault {
     /// Commands cut short by the caller (a slow command dropped after 20 ms),
     /// the same checkout then used for a write and a read.
     CutShort,
+    /// The server restarted (a fast shutdown, then a start): every connection
+    /// closed by the server, none accepted until it is back. Exclusive: it is
+    /// the run's shared server.
+    Restart,
+    /// A slow network for a while: every chunk delayed [`SLOW_LATENCY`] each
+    /// way, so recycle checks and ops are slow but within the pool's own
+    /// timeouts (waiters beyond max_size time out).
+    Slow,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 4] = [Fault::Kill, Fault::Silent, Fault::Refuse, Fault::CutShort];
+    pub const ALL: [Fault; 6] =
+        [Fault::Kill, Fault::Silent, Fault::Refuse, Fault::CutShort, Fault::Restart, Fault::Slow];
 
     /// The name in test names.
     pub fn name(self) -> &'static str {
@@ -83,6 +97,8 @@ impl Fault {
             Fault::Silent => "silent",
             Fault::Refuse => "refuse",
             Fault::CutShort => "cut_short",
+            Fault::Restart => "restart",
+            Fault::Slow => "slow",
         }
     }
 }
@@ -96,11 +112,14 @@ pub enum State {
     Busy,
     /// 3 x max_size workers: callers queued beyond max_size.
     Queued,
+    /// Mid-recycle: max_size checkouts released together the instant before
+    /// the fault lands, so the pool's return and recycle path meets it.
+    Returning,
 }
 
 impl State {
     /// Every state.
-    pub const ALL: [State; 3] = [State::Idle, State::Busy, State::Queued];
+    pub const ALL: [State; 4] = [State::Idle, State::Busy, State::Queued, State::Returning];
 
     /// The name in test names.
     pub fn name(self) -> &'static str {
@@ -108,12 +127,13 @@ impl State {
             State::Idle => "idle",
             State::Busy => "busy",
             State::Queued => "queued",
+            State::Returning => "returning",
         }
     }
 
     fn workers(self, max: usize) -> usize {
         match self {
-            State::Idle => 0,
+            State::Idle | State::Returning => 0,
             State::Busy => max,
             State::Queued => 3 * max,
         }
@@ -177,6 +197,30 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// See [`ACQUIRE_TIMEOUT`].
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The [`Fault::Slow`] delay, each way: a round trip takes 300 ms, a
+/// validation ping fits in [`ACQUIRE_TIMEOUT`] and an op in [`OP_TIMEOUT`].
+pub const SLOW_LATENCY: Duration = Duration::from_millis(150);
+
+/// Which timeouts the pool is built with in a combination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeouts {
+    /// [`ACQUIRE_TIMEOUT`], [`CONNECT_TIMEOUT`] and [`OP_TIMEOUT`], where the
+    /// pool has the knob; a call may run [`TIMEOUT_SLACK`] past them.
+    Set,
+    /// None set: the pool's defaults, as a user who configures nothing gets
+    /// them; a call may run [`DEFAULTS_BOUND`].
+    Defaults,
+}
+
+/// With the pool's default timeouts, how long one call may run before it is
+/// called unbounded (a silence lasts longer): above the longest default
+/// timeouts of the pools people use (bb8's connection_timeout and sqlx's
+/// acquire_timeout are 30 s), so only a call that no default ends gets there.
+pub const DEFAULTS_BOUND: Duration = Duration::from_secs(35);
+
+/// The cells also run with the pool's default timeouts (nightly, or
+/// `POOLSTRESS_COMBO=all`): `combo::<service>::defaults::<fault>::<state>`.
+pub const DEFAULT_CELLS: [(Fault, State); 2] = [(Fault::Silent, State::Busy), (Fault::Kill, State::Queued)];
 
 /// What a combination saw (for a user's own extra checks).
 pub struct Outcome {
@@ -219,35 +263,66 @@ fn sampled(ctx: &TestCtx) -> bool {
 /// # Ok(()) }
 /// ```
 pub async fn run(ctx: &TestCtx, rig: &Rig, combo: Combo) -> anyhow::Result<Outcome> {
-    run_loads(ctx, rig, combo.fault, combo.state, &[combo.load]).await
+    run_loads(ctx, rig, combo.fault, combo.state, &[combo.load], Timeouts::Set).await
 }
 
-async fn run_loads(ctx: &TestCtx, rig: &Rig, fault: Fault, state: State, loads: &[Load]) -> anyhow::Result<Outcome> {
+/// [`run`] with the pool built with its default timeouts (none set): a call
+/// running [`DEFAULTS_BOUND`] fails the combination as unbounded.
+pub async fn run_with_defaults(ctx: &TestCtx, rig: &Rig, combo: Combo) -> anyhow::Result<Outcome> {
+    run_loads(ctx, rig, combo.fault, combo.state, &[combo.load], Timeouts::Defaults).await
+}
+
+async fn run_loads(
+    ctx: &TestCtx,
+    rig: &Rig,
+    fault: Fault,
+    state: State,
+    loads: &[Load],
+    timeouts: Timeouts,
+) -> anyhow::Result<Outcome> {
     let max = ctx.profile().pick(4, 8);
-    let cfg = rig.config(max, Some(ACQUIRE_TIMEOUT), Some(CONNECT_TIMEOUT), Some(OP_TIMEOUT));
+    let (cfg, bound) = match timeouts {
+        Timeouts::Set => (rig.config(max, Some(ACQUIRE_TIMEOUT), Some(CONNECT_TIMEOUT), Some(OP_TIMEOUT)), op_bound()),
+        Timeouts::Defaults => (rig.config(max, None, None, None), DEFAULTS_BOUND),
+    };
     let bed = rig.bed(ctx, cfg).await?;
     let what = bed.what();
-    let bound = op_bound();
     // A silence outlasts every bound the test bed allows a call (so a call
     // only the heal would end is seen as unbounded); a refusal is shorter.
-    let outage = match fault {
-        Fault::Silent => ACQUIRE_TIMEOUT + CONNECT_TIMEOUT + OP_TIMEOUT + TIMEOUT_SLACK + Duration::from_secs(1),
+    let outage = match (fault, timeouts) {
+        (Fault::Silent, Timeouts::Set) => {
+            ACQUIRE_TIMEOUT + CONNECT_TIMEOUT + OP_TIMEOUT + TIMEOUT_SLACK + Duration::from_secs(1)
+        }
+        (Fault::Silent, Timeouts::Defaults) => DEFAULTS_BOUND + Duration::from_secs(2),
         _ => ctx.profile().pick(ACQUIRE_TIMEOUT * 3 / 2, ACQUIRE_TIMEOUT * 3),
+    };
+    let server = match (fault, &bed.server) {
+        (Fault::Restart, None) => anyhow::bail!("{what}: a restart needs the real server (layer_3)"),
+        (_, s) => s.clone(),
     };
     let per_load = ctx.profile().pick(Duration::from_millis(1500), Duration::from_secs(4));
     let names: Vec<&str> = loads.iter().map(|l| l.name()).collect();
     note_plan(
         ctx,
         &[format!(
-            "{} while {} (max_size {max}), then load {} capacity for {per_load:?} each; outage {outage:?}",
+            "{} while {} (max_size {max}), then load {} capacity for {per_load:?} each; outage {outage:?}; {}",
             fault.name(),
             state.name(),
             names.join(" then "),
+            match timeouts {
+                Timeouts::Set => "the combination's timeouts",
+                Timeouts::Defaults => "the pool's default timeouts",
+            },
         )],
     );
 
     ctx.step("opening max_size connections");
     warm(&bed, max).await?;
+    // Mid-recycle: max_size checkouts, all released the instant before the fault.
+    let returning = match state {
+        State::Returning => hold(&bed, max).await?,
+        _ => Vec::new(),
+    };
     let sampler = Sampler::start(bed.counter());
     let sizes = SizeWatch::start(&bed.pool);
 
@@ -274,6 +349,7 @@ async fn run_loads(ctx: &TestCtx, rig: &Rig, fault: Fault, state: State, loads: 
     let first = loads.first().copied().unwrap_or(Load::At);
     let load = start_chunked(ctx, &bed, first.workers(max), Duration::from_millis(250), bound);
     let mut killed = 0;
+    drop(returning);
     match fault {
         Fault::Kill => {
             let k = bed.kill(Victims::Fraction(0.6), &mut ctx.rng()).await?;
@@ -294,6 +370,18 @@ async fn run_loads(ctx: &TestCtx, rig: &Rig, fault: Fault, state: State, loads: 
             g.heal()?;
         }
         Fault::CutShort => cut_short(ctx, &bed, 5).await?,
+        Fault::Restart => {
+            let server = server.expect("checked above");
+            server.restart().await.map_err(|e| anyhow::anyhow!("{what}: restarting the server: {e}"))?;
+            killed = max; // closed by the server; the pool's replacements may overlap them a moment
+        }
+        Fault::Slow => {
+            let proxy = bed.proxy.as_ref().ok_or_else(|| anyhow::anyhow!("{what}: no proxy"))?;
+            let g = proxy.add(FaultSpec::new(FaultKind::latency(SLOW_LATENCY, Duration::ZERO)).both())?;
+            tokio::time::sleep(outage).await; // the slow spell's length, not a wait for a condition
+            g.heal()?;
+            killed = max; // connections the pool gave up on in the slow spell close through it, late
+        }
     }
     let heal_at = Instant::now();
     ctx.event(format!("combo: {} healed", fault.name()));
@@ -316,7 +404,7 @@ async fn run_loads(ctx: &TestCtx, rig: &Rig, fault: Fault, state: State, loads: 
     let max_size_seen = sizes.finish().await;
 
     for l in &ledgers {
-        unbounded(&what, l, bound)?;
+        unbounded(&what, l, bound, timeouts)?;
     }
     if let (true, Some(n)) = (bed.supports(Knob::MaxSize) && bed.supports(Knob::StatusSize), max_size_seen) {
         ensure!(
@@ -337,18 +425,25 @@ async fn run_loads(ctx: &TestCtx, rig: &Rig, fault: Fault, state: State, loads: 
 /// Opens max_size connections (holds max_size checkouts at once, then
 /// releases them) so the fault finds them.
 async fn warm(bed: &Bed, max: usize) -> anyhow::Result<()> {
-    let mut held = Vec::with_capacity(max);
-    for i in 0..max {
+    hold(bed, max).await.map(drop)
+}
+
+/// Holds `n` checkouts at once, each used for a ping.
+async fn hold(bed: &Bed, n: usize) -> anyhow::Result<Vec<Checkout>> {
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
         let c = tokio::time::timeout(op_bound(), bed.pool.acquire())
             .await
-            .map_err(|_| anyhow::anyhow!("{}: warming: acquire {i} of {max} hung", bed.what()))?
-            .map_err(|e| anyhow::anyhow!("{}: warming: acquire {i} of {max} failed: {e}", bed.what()))?;
+            .map_err(|_| anyhow::anyhow!("{}: holding {n} checkouts: acquire {i} hung", bed.what()))?
+            .map_err(|e| anyhow::anyhow!("{}: holding {n} checkouts: acquire {i} failed: {e}", bed.what()))?;
         held.push(c);
     }
     for c in &mut held {
-        c.run(&Op::Ping).await.map_err(|e| anyhow::anyhow!("{}: warming: ping failed: {e}", bed.what()))?;
+        c.run(&Op::Ping)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: holding {n} checkouts: ping failed: {e}", bed.what()))?;
     }
-    Ok(())
+    Ok(held)
 }
 
 /// Cuts `n` slow commands short after 20 ms and uses the same checkout again
@@ -388,16 +483,23 @@ async fn cut_short(ctx: &TestCtx, bed: &Bed, n: usize) -> anyhow::Result<()> {
 
 /// Hard: no op ran into the harness's own bound (only a pool without its
 /// own timeouts gets there: the hang is the finding).
-fn unbounded(what: &str, ledger: &Ledger, bound: Duration) -> anyhow::Result<()> {
+fn unbounded(what: &str, ledger: &Ledger, bound: Duration, timeouts: Timeouts) -> anyhow::Result<()> {
     let obs = ledger.observations();
-    let hung: Vec<_> = obs.iter().filter(|o| o.latency >= bound).collect();
-    ensure!(
-        hung.is_empty(),
-        "{what}: unbounded: {} acquire+op calls still running after {bound:?}, far past the pool's own timeouts \
-         (acquire {ACQUIRE_TIMEOUT:?}, connect {CONNECT_TIMEOUT:?}, op {OP_TIMEOUT:?}): the pool has no timeout that \
-         ends them",
-        hung.len()
-    );
+    let hung = obs.iter().filter(|o| o.latency >= bound).count();
+    match timeouts {
+        Timeouts::Set => ensure!(
+            hung == 0,
+            "{what}: unbounded: {hung} acquire+op calls still running after {bound:?}, far past the pool's own \
+             timeouts (acquire {ACQUIRE_TIMEOUT:?}, connect {CONNECT_TIMEOUT:?}, op {OP_TIMEOUT:?}): the pool has no \
+             timeout that ends them"
+        ),
+        Timeouts::Defaults => ensure!(
+            hung == 0,
+            "{what}: unbounded with the pool's default timeouts: {hung} acquire+op calls still running after \
+             {bound:?}, past the 30 s defaults of bb8 and sqlx (nothing configured: no default timeout of the pool \
+             ends a call on a silent network; a user who sets none waits as long as the silence)"
+        ),
+    }
     Ok(())
 }
 
@@ -461,7 +563,17 @@ async fn cell(ctx: TestCtx, rig: Rig, fault: Fault, state: State) -> anyhow::Res
         Profile::Nightly => Load::ALL.to_vec(),
         Profile::Quick => vec![Load::ALL[(ctx.seed() / 4 % 3) as usize]],
     };
-    run_loads(&ctx, &rig, fault, state, &loads).await.map(|_| ())
+    run_loads(&ctx, &rig, fault, state, &loads, Timeouts::Set).await.map(|_| ())
+}
+
+/// A cell with the pool's default timeouts: nightly (or `POOLSTRESS_COMBO=all`), load at capacity.
+async fn defaults_cell(ctx: TestCtx, rig: Rig, fault: Fault, state: State) -> anyhow::Result<()> {
+    if ctx.profile() == Profile::Quick && !std::env::var(ALL_ENV).is_ok_and(|v| v == "all") {
+        return Err(ctx.skip(format!(
+            "nightly only (a silence must outlast {DEFAULTS_BOUND:?}): {ALL_ENV}=all runs it in the quick profile too"
+        )));
+    }
+    run_loads(&ctx, &rig, fault, state, &[Load::At], Timeouts::Defaults).await.map(|_| ())
 }
 
 /// Knobs a cell needs: its own timeouts end every call (a pool without one
@@ -490,6 +602,14 @@ pub const FINDINGS: &[crate::kit::Finding] = &[
     ("silent::idle", "sqlx-postgres", "sqlx 0.9.0 has no per-query timeout; its acquire_timeout bounds only the checkout: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
     ("silent::busy", "sqlx-postgres", "sqlx 0.9.0 has no per-query timeout; its acquire_timeout bounds only the checkout: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
     ("silent::queued", "sqlx-postgres", "sqlx 0.9.0 has no per-query timeout; its acquire_timeout bounds only the checkout: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::returning", "deadpool-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and deadpool-postgres 0.14.2 maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::returning", "bb8-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and bb8 0.9.1 / bb8-postgres maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::returning", "direct-postgres", "tokio-postgres 0.7.18 has no client-side query timeout and the direct (no pool) adapter maps op_timeout to the server's statement_timeout, which cannot fire while the network is silent: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("silent::returning", "sqlx-postgres", "sqlx 0.9.0 has no per-query timeout; its acquire_timeout bounds only the checkout: a query on a connection that meets a silent server (no RST, no FIN) runs until the network heals (10 s here; forever without TCP keepalive)"),
+    ("defaults::silent::busy", "deadpool-postgres", "deadpool-postgres 0.14.2 sets no timeout by default (Timeouts { wait, create, recycle } all None) and tokio-postgres 0.7.18 has no query timeout: with the defaults, calls on a silent server (no RST, no FIN) ran past 35 s: they end only when the network heals"),
+    ("defaults::silent::busy", "bb8-postgres", "bb8 0.9.1's default connection_timeout (30 s) bounds only the wait for a connection; a query on a checked-out tokio-postgres 0.7.18 connection has no default timeout: with the defaults, calls on a silent server (no RST, no FIN) ran past 35 s"),
+    ("defaults::silent::busy", "sqlx-postgres", "sqlx 0.9.0's default acquire_timeout (30 s) bounds only the checkout and there is no query timeout: with the defaults, calls on a silent server (no RST, no FIN) ran past 35 s"),
+    ("defaults::silent::busy", "direct-postgres", "tokio-postgres 0.7.18 connects and queries with no timeout by default: with the defaults, calls on a silent server (no RST, no FIN) ran past 35 s"),
 ];
 
 /// Registers `combo::<service>::<fault>::<state>[<pool>]` for every adapter.
@@ -503,9 +623,20 @@ pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<
                 let def = r.test(name, &[tag::CHAOS, tag::LAYER_3, S::NAME], move |ctx| {
                     Box::pin(cell(ctx, rig.clone(), fault, state))
                 });
+                def.exclusive(fault == Fault::Restart);
                 let skip = crate::kit::Needs::all(needs::<S>(fault)).missing(a.name(), &a.capabilities());
                 crate::kit::mark(def, &cell_name, a.name(), skip, FINDINGS);
             }
+        }
+        for (fault, state) in DEFAULT_CELLS {
+            let cell_name = format!("defaults::{}::{}", fault.name(), state.name());
+            let name = format!("combo::{}::{cell_name}[{}]", S::NAME, a.name());
+            let rig = Rig::real(a.clone());
+            let def = r.test(name, &[tag::CHAOS, tag::LAYER_3, S::NAME], move |ctx| {
+                Box::pin(defaults_cell(ctx, rig.clone(), fault, state))
+            });
+            def.exclusive(fault == Fault::Restart);
+            crate::kit::mark(def, &cell_name, a.name(), None, FINDINGS);
         }
     }
 }
