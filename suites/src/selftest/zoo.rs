@@ -15,7 +15,7 @@ use crate::{
     suites::{
         chaos::{cancel::cancel_holding, leak::gradual_exhaustion},
         combo::{self, Combo, Fault, Load, State},
-        fairness,
+        fairness, hygiene,
     },
     zoo::{Defect, ZooAdapter, ZooDriver},
 };
@@ -51,14 +51,42 @@ fn catcher(defect: Defect) -> (&'static str, Body, &'static str) {
         Defect::IgnoresAcquireTimeout => {
             ("chaos gradual_exhaustion", |c, r| Box::pin(gradual_exhaustion(c, r)), "acquire timeout ignored")
         }
-        Defect::LifoWaiters => unreachable!("registered with its adapter"),
+        Defect::LifoWaiters | Defect::SlowAcquire => unreachable!("registered with its adapter"),
         Defect::ValidationIgnoresTimeout => (
             "combo silent while idle",
             |c, r| combo_body(Combo { fault: Fault::Silent, state: State::Idle, load: Load::At })(c, r),
             "unbounded acquire",
         ),
+        Defect::IdleInTransactionOnCancel => (
+            "hygiene cancel_mid_transaction",
+            |c, r| Box::pin(hygiene::cancel_mid_transaction(c, r)),
+            "idle in transaction",
+        ),
+        Defect::NoValidation => (
+            "hygiene kill_idle_validated",
+            |c, r| Box::pin(hygiene::kill_idle_validated(c, r)),
+            "dead idle connection handed out",
+        ),
+        Defect::CreateRacePastMax => {
+            ("hygiene cold_burst", |c, r| Box::pin(hygiene::cold_burst(c, r)), "above max_size")
+        }
+        Defect::NeverReconnects => {
+            ("hygiene kill_all_reconnects", |c, r| Box::pin(hygiene::kill_all_reconnects(c, r)), "never reconnected")
+        }
+        Defect::DropsWithoutClose => {
+            ("hygiene discards_close", |c, r| Box::pin(hygiene::discards_close(c, r)), "server connections left open")
+        }
     }
 }
+
+/// The hygiene scenarios, run against the correct pool: each must pass.
+const HYGIENE: [(&str, Body); 5] = [
+    ("cancel_mid_transaction", |c, r| Box::pin(hygiene::cancel_mid_transaction(c, r))),
+    ("kill_idle_validated", |c, r| Box::pin(hygiene::kill_idle_validated(c, r))),
+    ("cold_burst", |c, r| Box::pin(hygiene::cold_burst(c, r))),
+    ("kill_all_reconnects", |c, r| Box::pin(hygiene::kill_all_reconnects(c, r))),
+    ("discards_close", |c, r| Box::pin(hygiene::discards_close(c, r))),
+];
 
 #[cfg(any(feature = "postgres", feature = "redis"))]
 fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
@@ -69,6 +97,11 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
             let a = adapter.clone();
             let run: Run = Arc::new(move |ctx| Box::pin(fairness::waiters_in_order::<S>(ctx, a.clone())));
             ("fairness waiters_in_order", run, "out of arrival order")
+        } else if defect == Defect::SlowAcquire {
+            let a = adapter.clone();
+            let run: Run =
+                Arc::new(move |ctx| Box::pin(hygiene::acquire_paired::<S>(ctx, a.clone(), ZooAdapter::<S>::correct())));
+            ("hygiene acquire_paired against the correct zoo pool", run, "slow acquire")
         } else {
             let (scenario, body, must) = catcher(defect);
             let rig = Rig::real(adapter.clone());
@@ -80,6 +113,22 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
             async move { must_fail(ctx, &adapter, scenario, run, must).await }
         });
     }
+    // The catchers no suite runs, against the correct pool: each must pass.
+    let correct = ZooAdapter::<S>::correct();
+    for (scenario, body) in HYGIENE {
+        let rig = Rig::real(correct.clone());
+        r.test(
+            format!("zoo::{}::correct::{scenario}[{}]", S::NAME, correct.name()),
+            &[tag::CHAOS, tag::LAYER_3, S::NAME],
+            move |ctx| body(ctx, rig.clone()),
+        );
+    }
+    let a = correct.clone();
+    r.test(
+        format!("zoo::{}::correct::acquire_paired[{}]", S::NAME, correct.name()),
+        &[tag::CHAOS, tag::LAYER_3, S::NAME],
+        move |ctx| Box::pin(hygiene::acquire_paired::<S>(ctx, a.clone(), ZooAdapter::<S>::correct())),
+    );
 }
 
 /// Registers `zoo::<service>::<defect>[...]` for both services.
