@@ -110,7 +110,7 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
         };
         r.test(name, &[tag::CHAOS, tag::LAYER_3, S::NAME], move |ctx| {
             let (run, adapter) = (run.clone(), adapter.name().to_string());
-            async move { must_fail(ctx, &adapter, scenario, run, must).await }
+            async move { must_fail(ctx, &adapter, scenario, run, must).await.map(|_| ()) }
         });
     }
     // The catchers no suite runs, against the correct pool: each must pass.
@@ -129,6 +129,29 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
         &[tag::CHAOS, tag::LAYER_3, S::NAME],
         move |ctx| Box::pin(hygiene::acquire_paired::<S>(ctx, a.clone(), ZooAdapter::<S>::correct())),
     );
+    // A right diagnosis (issue #14 item 5): a pool whose slots are gone after
+    // the kill also stops serving, but it did reconnect; the reconnect
+    // scenario must fail without calling that "never reconnected".
+    let starves = ZooAdapter::<S>::with(Defect::StarvesAfterKills);
+    let rig = Rig::real(starves.clone());
+    let adapter = starves.name().to_string();
+    r.test(
+        format!("zoo::{}::diagnosis::kill_all_reconnects[{adapter}]", S::NAME),
+        &[tag::CHAOS, tag::LAYER_3, S::NAME],
+        move |ctx| {
+            let (rig, adapter) = (rig.clone(), adapter.clone());
+            async move {
+                let run: Run = Arc::new(move |ctx| Box::pin(hygiene::kill_all_reconnects(ctx, rig.clone())));
+                let scenario = "hygiene kill_all_reconnects";
+                let said = must_fail(ctx, &adapter, scenario, run, "does not serve again").await?;
+                ensure!(
+                    !said.contains("never reconnected"),
+                    "{scenario} called {adapter}, which reconnects but loses its slots, \"never reconnected\": {said}"
+                );
+                Ok(())
+            }
+        },
+    );
 }
 
 /// Registers `zoo::<service>::<defect>[...]` for both services.
@@ -140,7 +163,8 @@ pub fn register(r: &mut Registry) {
     let _ = r;
 }
 
-async fn must_fail(ctx: TestCtx, adapter: &str, scenario: &str, run: Run, must: &str) -> anyhow::Result<()> {
+/// Runs the scenario: it must fail naming `must`; returns its message.
+async fn must_fail(ctx: TestCtx, adapter: &str, scenario: &str, run: Run, must: &str) -> anyhow::Result<String> {
     match ctx.with_violations(run(ctx.clone()).await) {
         Ok(()) => bail!("{scenario} passed against {adapter}, a pool with a deliberate defect: it does not catch it"),
         Err(e) => {
@@ -150,7 +174,7 @@ async fn must_fail(ctx: TestCtx, adapter: &str, scenario: &str, run: Run, must: 
                 msg.contains(must),
                 "{scenario} failed against {adapter}, but its message does not name \"{must}\": {msg}"
             );
-            Ok(())
+            Ok(msg)
         }
     }
 }

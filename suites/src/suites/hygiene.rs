@@ -276,7 +276,7 @@ pub async fn kill_all_reconnects(ctx: TestCtx, rig: Rig) -> anyhow::Result<()> {
     if failures.is_empty() || waiting == failures.len() {
         bail!(
             "{what}: does not serve again after its {killed} connections were killed (not a reconnect failure: every \
-             failure was a wait for a free slot, the pool opened {opened} connections): {seen}"
+             failure was a wait for a free slot; the pool opened {opened} new connection(s)): {seen}"
         );
     }
     bail!(
