@@ -72,8 +72,35 @@ impl ZooDriver for Redis {
         target: &'a RedisTarget,
         op: &'a Op,
     ) -> BoxFuture<'a, Result<OpOutput, PoolError>> {
-        pool::redis::run(conn, &target.key_prefix, op)
+        match op {
+            Op::Transaction { key } => Box::pin(redis_transaction(conn, &target.key_prefix, *key)),
+            _ => pool::redis::run(conn, &target.key_prefix, op),
+        }
     }
+}
+
+/// `MULTI`, `INCR`, `EXEC` as three round trips (not one pipeline, as the
+/// fixtures send it), so a caller can be cancelled while the connection is
+/// in `MULTI`: what a pool must then never hand out again.
+#[cfg(feature = "redis")]
+async fn redis_transaction(
+    conn: &mut <Redis as ZooDriver>::Conn,
+    prefix: &str,
+    key: u64,
+) -> Result<OpOutput, PoolError> {
+    use pool::redis::driver::{cmd, from_redis_value, Value};
+    let op = |e| PoolError::op(Cause::Redis(e));
+    cmd("MULTI").query_async::<Value>(conn).await.map_err(op)?;
+    let queued = cmd("INCR").arg(pool::redis::counter_key(prefix, key)).query_async::<Value>(conn).await;
+    let exec = match queued {
+        Ok(_) => cmd("EXEC").query_async::<Value>(conn).await.map_err(op)?,
+        Err(e) => {
+            let _ = cmd("DISCARD").query_async::<Value>(conn).await;
+            return Err(op(e));
+        }
+    };
+    let (n,): (i64,) = from_redis_value(exec).map_err(|e| PoolError::op(Cause::Other(Box::new(e))))?;
+    Ok(OpOutput::Counter(n))
 }
 
 #[cfg(feature = "postgres")]
@@ -86,7 +113,48 @@ impl ZooDriver for Postgres {
     }
 
     fn run<'a>(conn: &'a mut Self::Conn, _: &'a PgTarget, op: &'a Op) -> BoxFuture<'a, Result<OpOutput, PoolError>> {
-        pool::pg::run(conn, op)
+        match op {
+            Op::Transaction { key } => Box::pin(pg_transaction(conn, *key)),
+            _ => pool::pg::run(conn, op),
+        }
+    }
+}
+
+/// The fixtures' transaction with an explicit `BEGIN` and `COMMIT` (not
+/// tokio-postgres's `Transaction`, whose drop sends a `ROLLBACK` by itself),
+/// so a caller cancelled mid-transaction leaves the session in it: what a
+/// pool must then never hand out again. A failed statement rolls back.
+#[cfg(feature = "postgres")]
+async fn pg_transaction(client: &mut tokio_postgres::Client, key: u64) -> Result<OpOutput, PoolError> {
+    use tokio_postgres::types::Type;
+    let table = pool::pg::KV_TABLE;
+    let k = key as i64;
+    client.batch_execute("BEGIN").await.map_err(PoolError::op)?;
+    let body = async {
+        client
+            .execute_typed(
+                &format!("INSERT INTO {table} (k, n) VALUES ($1, 0) ON CONFLICT (k) DO NOTHING"),
+                &[(&k, Type::INT8)],
+            )
+            .await?;
+        let row = client
+            .query_typed_one(&format!("SELECT n FROM {table} WHERE k = $1 FOR UPDATE"), &[(&k, Type::INT8)])
+            .await?;
+        let n: i64 = row.try_get::<_, i64>(0)? + 1;
+        client
+            .execute_typed(&format!("UPDATE {table} SET n = $2 WHERE k = $1"), &[(&k, Type::INT8), (&n, Type::INT8)])
+            .await?;
+        Ok::<i64, tokio_postgres::Error>(n)
+    };
+    match body.await {
+        Ok(n) => {
+            client.batch_execute("COMMIT").await.map_err(PoolError::op)?;
+            Ok(OpOutput::Counter(n))
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(PoolError::op(e))
+        }
     }
 }
 
@@ -112,11 +180,33 @@ pub enum Defect {
     ValidationIgnoresTimeout,
     /// Callers waiting for a slot are served last come, first served.
     LifoWaiters,
+    /// A checkout cancelled mid-transaction (Postgres between `BEGIN` and
+    /// `COMMIT`, Redis between `MULTI` and `EXEC`) goes back to idle without
+    /// a `ROLLBACK` / `DISCARD`: the session stays in the transaction.
+    IdleInTransactionOnCancel,
+    /// Declares ping validation but hands idle connections out unchecked: a
+    /// connection killed server side while idle fails its caller's op.
+    NoValidation,
+    /// Creates on a check-then-act race: it counts the open connections,
+    /// awaits the connect, then increments, so a burst of acquires on a cold
+    /// pool opens more than max_size.
+    CreateRacePastMax,
+    /// Once a connection broke it never opens a new one: creates fail with
+    /// the remembered loss.
+    NeverReconnects,
+    /// A discarded connection is dropped without closing its socket
+    /// (`std::mem::forget`): the server's connections pile up.
+    DropsWithoutClose,
+    /// Every acquire waits a fixed [`SLOW_ACQUIRE`] more.
+    SlowAcquire,
 }
+
+/// What [`Defect::SlowAcquire`] adds to every acquire.
+pub const SLOW_ACQUIRE: Duration = Duration::from_millis(10);
 
 impl Defect {
     /// Every defect.
-    pub const ALL: [Defect; 7] = [
+    pub const ALL: [Defect; 13] = [
         Defect::LeakOnCancel,
         Defect::DesyncOnCancel,
         Defect::PastMaxAfterFailures,
@@ -124,6 +214,12 @@ impl Defect {
         Defect::IgnoresAcquireTimeout,
         Defect::ValidationIgnoresTimeout,
         Defect::LifoWaiters,
+        Defect::IdleInTransactionOnCancel,
+        Defect::NoValidation,
+        Defect::CreateRacePastMax,
+        Defect::NeverReconnects,
+        Defect::DropsWithoutClose,
+        Defect::SlowAcquire,
     ];
 
     /// The name in pool and test names.
@@ -136,6 +232,12 @@ impl Defect {
             Defect::IgnoresAcquireTimeout => "ignores_acquire_timeout",
             Defect::ValidationIgnoresTimeout => "validation_ignores_timeout",
             Defect::LifoWaiters => "lifo_waiters",
+            Defect::IdleInTransactionOnCancel => "idle_in_transaction_on_cancel",
+            Defect::NoValidation => "no_validation",
+            Defect::CreateRacePastMax => "create_race_past_max",
+            Defect::NeverReconnects => "never_reconnects",
+            Defect::DropsWithoutClose => "drops_without_close",
+            Defect::SlowAcquire => "slow_acquire",
         }
     }
 }
@@ -182,6 +284,7 @@ impl<S: ZooDriver> PoolAdapter for ZooAdapter<S> {
             .with(Knob::StatusSize)
             .with(Knob::StatusIdle)
             .with(Knob::StatusWaiters)
+            .with_note(Knob::ValidatePing, "always: an idle connection is pinged within the acquire timeout")
             .with_note(Knob::FifoWaiters, "waiters queue on tokio's fair Semaphore")
     }
 
@@ -201,6 +304,7 @@ impl<S: ZooDriver> PoolAdapter for ZooAdapter<S> {
                 waiting: AtomicUsize::new(0),
                 debt: AtomicUsize::new(0),
                 stack: Mutex::new(Vec::new()),
+                lost: Mutex::new(None),
             });
             Ok(Box::new(ZooPool { shared }) as Box<dyn PoolUnderTest>)
         })
@@ -220,6 +324,8 @@ struct Shared<S: ZooDriver> {
     debt: AtomicUsize,
     /// LifoWaiters: the waiters, the latest on top.
     stack: Mutex<Vec<Arc<tokio::sync::Notify>>>,
+    /// NeverReconnects: how the first connection was lost.
+    lost: Mutex<Option<String>>,
 }
 
 struct Idle<S: ZooDriver> {
@@ -255,7 +361,10 @@ impl<S: ZooDriver> Shared<S> {
 
     /// A dead connection was thrown away (its slot, if it had one, goes back
     /// when its checkout's permit drops): the two defects about it act here.
-    fn discarded_dead(&self, own_slot: Option<&mut Option<OwnedSemaphorePermit>>) {
+    fn discarded_dead(&self, own_slot: Option<&mut Option<OwnedSemaphorePermit>>, why: &str) {
+        if self.defect == Some(Defect::NeverReconnects) {
+            self.lost.lock().get_or_insert_with(|| why.to_string());
+        }
         match self.defect {
             Some(Defect::PastMaxAfterFailures) => self.slots.add_permits(1),
             Some(Defect::StarvesAfterKills) => match own_slot {
@@ -314,6 +423,20 @@ impl<S: ZooDriver> ZooPool<S> {
     async fn checkout(&self) -> Result<Checkout, PoolError> {
         let sh = &self.shared;
         let started = Instant::now();
+        if sh.defect == Some(Defect::SlowAcquire) {
+            tokio::time::sleep(SLOW_ACQUIRE).await; // THE DEFECT: a fixed delay on every acquire
+        }
+        if sh.defect == Some(Defect::CreateRacePastMax)
+            && sh.idle.lock().is_empty()
+            && sh.open.load(Ordering::Relaxed) < sh.cfg.max_size
+        {
+            // THE DEFECT: check (room for one more), await the connect, then
+            // count it: every caller that checked before the first connect
+            // finished opens one, whatever max_size says.
+            let conn = self.connect(started).await?;
+            sh.open.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.hand_out(conn, None, sh.slots.clone().try_acquire_owned().ok()));
+        }
         sh.waiting.fetch_add(1, Ordering::Relaxed);
         let waiting = Waiting(&sh.waiting);
         let slot: BoxFuture<'_, Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> =
@@ -334,39 +457,63 @@ impl<S: ZooDriver> ZooPool<S> {
         loop {
             let idle = sh.idle.lock().pop();
             let Some(idle) = idle else { break };
+            if sh.defect == Some(Defect::NoValidation) {
+                // THE DEFECT: declared validation=ping, hands it out unchecked.
+                return Ok(self.hand_out(idle.conn, idle.stale, Some(slot)));
+            }
             // Counted open until handed out or dropped (a cancelled acquire drops it).
             let mut held = Opened { shared: sh.clone(), idle: Some(idle) };
             let conn = &mut held.idle.as_mut().expect("set above").conn;
             let check = S::run(conn, &sh.target, &Op::Ping);
-            let ok = match sh.cfg.acquire_timeout.filter(|_| sh.defect != Some(Defect::ValidationIgnoresTimeout)) {
-                Some(t) => matches!(tokio::time::timeout(left(t), check).await, Ok(Ok(_))),
-                None => check.await.is_ok(),
+            let failed = match sh.cfg.acquire_timeout.filter(|_| sh.defect != Some(Defect::ValidationIgnoresTimeout)) {
+                Some(t) => match tokio::time::timeout(left(t), check).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("the ping timed out after {:?}", left(t))),
+                },
+                None => check.await.err().map(|e| e.to_string()),
             };
-            if ok {
+            let Some(why) = failed else {
                 let idle = held.idle.take().expect("set above");
-                return Ok(self.hand_out(idle.conn, idle.stale, slot));
-            }
-            sh.discarded_dead(None);
+                return Ok(self.hand_out(idle.conn, idle.stale, Some(slot)));
+            };
+            sh.discarded_dead(None, &why);
         }
-        let connect = S::connect(&sh.target, &sh.cfg);
-        let conn = match sh.cfg.acquire_timeout {
-            Some(t) => tokio::time::timeout(left(t).max(Duration::from_millis(1)), connect)
-                .await
-                .map_err(|_| PoolError::new(Stage::Create, Cause::TimedOut(Some(t))))??,
-            None => connect.await?,
-        };
+        let conn = self.connect(started).await?;
         sh.open.fetch_add(1, Ordering::Relaxed);
-        Ok(self.hand_out(conn, None, slot))
+        Ok(self.hand_out(conn, None, Some(slot)))
     }
 
-    fn hand_out(&self, conn: S::Conn, stale: Option<OpOutput>, slot: OwnedSemaphorePermit) -> Checkout {
+    /// Opens a connection within what is left of the acquire timeout.
+    async fn connect(&self, started: Instant) -> Result<S::Conn, PoolError> {
+        let sh = &self.shared;
+        if sh.defect == Some(Defect::NeverReconnects) {
+            if let Some(lost) = sh.lost.lock().clone() {
+                // THE DEFECT: a lost connection is remembered and never retried.
+                return Err(PoolError::new(
+                    Stage::Create,
+                    Cause::Other(format!("not reconnecting: the connection was lost ({lost})").into()),
+                ));
+            }
+        }
+        let connect = S::connect(&sh.target, &sh.cfg);
+        match sh.cfg.acquire_timeout {
+            Some(t) => tokio::time::timeout(t.saturating_sub(started.elapsed()).max(Duration::from_millis(1)), connect)
+                .await
+                .map_err(|_| PoolError::new(Stage::Create, Cause::TimedOut(Some(t))))?,
+            None => connect.await,
+        }
+    }
+
+    fn hand_out(&self, conn: S::Conn, stale: Option<OpOutput>, slot: Option<OwnedSemaphorePermit>) -> Checkout {
         Checkout::new(ZooConn {
             conn: Some(conn),
             stale,
             in_flight: false,
+            in_transaction: false,
             broken: false,
             shared: self.shared.clone(),
-            slot: Some(slot),
+            slot,
         })
     }
 }
@@ -404,6 +551,8 @@ struct ZooConn<S: ZooDriver> {
     stale: Option<OpOutput>,
     /// A command was started and has not finished (the caller dropped it).
     in_flight: bool,
+    /// The command in flight is a transaction.
+    in_transaction: bool,
     broken: bool,
     shared: Arc<Shared<S>>,
     slot: Option<OwnedSemaphorePermit>,
@@ -417,20 +566,28 @@ impl<S: ZooDriver> Drop for ZooConn<S> {
         if cut && defect == Some(Defect::LeakOnCancel) {
             std::mem::forget(self.slot.take());
         }
-        let keep = !self.broken && (!cut || defect == Some(Defect::DesyncOnCancel)) && !sh.slots.is_closed();
+        // IdleInTransactionOnCancel (THE DEFECT): a transaction cut short goes
+        // back as it is, still in the transaction (no ROLLBACK / DISCARD).
+        let idle_in_tx = cut && self.in_transaction && defect == Some(Defect::IdleInTransactionOnCancel);
+        let keep =
+            !self.broken && (!cut || defect == Some(Defect::DesyncOnCancel) || idle_in_tx) && !sh.slots.is_closed();
         match self.conn.take() {
             Some(conn) if keep => {
-                let stale = if cut {
+                let stale = if cut && !idle_in_tx {
                     Some(OpOutput::Value(Some("stale reply of a cut command".into())))
                 } else {
                     self.stale.take()
                 };
                 sh.idle.lock().push(Idle { conn, stale });
             }
-            Some(_) => {
+            Some(conn) => {
                 sh.open.fetch_sub(1, Ordering::Relaxed);
                 if self.broken {
-                    sh.discarded_dead(None);
+                    sh.discarded_dead(None, "a command on it failed");
+                }
+                if defect == Some(Defect::DropsWithoutClose) {
+                    // THE DEFECT: forgotten, not dropped: its socket stays open.
+                    std::mem::forget(conn);
                 }
             }
             None => {}
@@ -467,6 +624,7 @@ impl<S: ZooDriver> Connection for ZooConn<S> {
             }
             let conn = self.conn.as_mut().expect("present until drop");
             self.in_flight = true;
+            self.in_transaction = matches!(op, Op::Transaction { .. });
             let run = S::run(conn, &self.shared.target, op);
             let r = match self.shared.cfg.op_timeout {
                 Some(t) => match tokio::time::timeout(t, run).await {

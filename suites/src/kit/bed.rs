@@ -322,6 +322,12 @@ impl Bed {
         self.counter.clone()
     }
 
+    /// Who the test's server connections are and how to reach the server
+    /// as admin (for server-side checks, [`crate::kit::checks`]).
+    pub(crate) fn killer(&self) -> &Killer {
+        &self.killer
+    }
+
     /// Kills `victims` of the test's server connections, chosen with `rng`
     /// (layer_1 breaks them all).
     pub async fn kill(&self, victims: Victims, rng: &mut StdRng) -> anyhow::Result<Killed> {

@@ -11,6 +11,8 @@
 //!   control, schedule environment;
 //! - [`ledger`]: load through a bed with every op accounted for, and the
 //!   recovery checks (serves again, capacity intact, server side bounded);
+//! - [`checks`]: server-side checks a scenario can end with (no session left
+//!   idle in a transaction, discarded connections closed);
 //! - [`support`]: set-up on a target of the test's own, configs fitted to a
 //!   pool's capabilities, the load generator's op over a pool, budgets.
 //!
@@ -19,6 +21,7 @@
 //! it applies to any pool, one line in [`crate::register_pool`].
 
 pub mod bed;
+pub mod checks;
 pub mod ledger;
 pub mod matrix;
 pub mod service;

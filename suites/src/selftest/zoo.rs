@@ -15,7 +15,7 @@ use crate::{
     suites::{
         chaos::{cancel::cancel_holding, leak::gradual_exhaustion},
         combo::{self, Combo, Fault, Load, State},
-        fairness,
+        fairness, hygiene,
     },
     zoo::{Defect, ZooAdapter, ZooDriver},
 };
@@ -51,14 +51,42 @@ fn catcher(defect: Defect) -> (&'static str, Body, &'static str) {
         Defect::IgnoresAcquireTimeout => {
             ("chaos gradual_exhaustion", |c, r| Box::pin(gradual_exhaustion(c, r)), "acquire timeout ignored")
         }
-        Defect::LifoWaiters => unreachable!("registered with its adapter"),
+        Defect::LifoWaiters | Defect::SlowAcquire => unreachable!("registered with its adapter"),
         Defect::ValidationIgnoresTimeout => (
             "combo silent while idle",
             |c, r| combo_body(Combo { fault: Fault::Silent, state: State::Idle, load: Load::At })(c, r),
             "unbounded acquire",
         ),
+        Defect::IdleInTransactionOnCancel => (
+            "hygiene cancel_mid_transaction",
+            |c, r| Box::pin(hygiene::cancel_mid_transaction(c, r)),
+            "idle in transaction",
+        ),
+        Defect::NoValidation => (
+            "hygiene kill_idle_validated",
+            |c, r| Box::pin(hygiene::kill_idle_validated(c, r)),
+            "dead idle connection handed out",
+        ),
+        Defect::CreateRacePastMax => {
+            ("hygiene cold_burst", |c, r| Box::pin(hygiene::cold_burst(c, r)), "above max_size")
+        }
+        Defect::NeverReconnects => {
+            ("hygiene kill_all_reconnects", |c, r| Box::pin(hygiene::kill_all_reconnects(c, r)), "never reconnected")
+        }
+        Defect::DropsWithoutClose => {
+            ("hygiene discards_close", |c, r| Box::pin(hygiene::discards_close(c, r)), "server connections left open")
+        }
     }
 }
+
+/// The hygiene scenarios, run against the correct pool: each must pass.
+const HYGIENE: [(&str, Body); 5] = [
+    ("cancel_mid_transaction", |c, r| Box::pin(hygiene::cancel_mid_transaction(c, r))),
+    ("kill_idle_validated", |c, r| Box::pin(hygiene::kill_idle_validated(c, r))),
+    ("cold_burst", |c, r| Box::pin(hygiene::cold_burst(c, r))),
+    ("kill_all_reconnects", |c, r| Box::pin(hygiene::kill_all_reconnects(c, r))),
+    ("discards_close", |c, r| Box::pin(hygiene::discards_close(c, r))),
+];
 
 #[cfg(any(feature = "postgres", feature = "redis"))]
 fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
@@ -69,6 +97,11 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
             let a = adapter.clone();
             let run: Run = Arc::new(move |ctx| Box::pin(fairness::waiters_in_order::<S>(ctx, a.clone())));
             ("fairness waiters_in_order", run, "out of arrival order")
+        } else if defect == Defect::SlowAcquire {
+            let a = adapter.clone();
+            let run: Run =
+                Arc::new(move |ctx| Box::pin(hygiene::acquire_paired::<S>(ctx, a.clone(), ZooAdapter::<S>::correct())));
+            ("hygiene acquire_paired against the correct zoo pool", run, "slow acquire")
         } else {
             let (scenario, body, must) = catcher(defect);
             let rig = Rig::real(adapter.clone());
@@ -77,9 +110,48 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
         };
         r.test(name, &[tag::CHAOS, tag::LAYER_3, S::NAME], move |ctx| {
             let (run, adapter) = (run.clone(), adapter.name().to_string());
-            async move { must_fail(ctx, &adapter, scenario, run, must).await }
+            async move { must_fail(ctx, &adapter, scenario, run, must).await.map(|_| ()) }
         });
     }
+    // The catchers no suite runs, against the correct pool: each must pass.
+    let correct = ZooAdapter::<S>::correct();
+    for (scenario, body) in HYGIENE {
+        let rig = Rig::real(correct.clone());
+        r.test(
+            format!("zoo::{}::correct::{scenario}[{}]", S::NAME, correct.name()),
+            &[tag::CHAOS, tag::LAYER_3, S::NAME],
+            move |ctx| body(ctx, rig.clone()),
+        );
+    }
+    let a = correct.clone();
+    r.test(
+        format!("zoo::{}::correct::acquire_paired[{}]", S::NAME, correct.name()),
+        &[tag::CHAOS, tag::LAYER_3, S::NAME],
+        move |ctx| Box::pin(hygiene::acquire_paired::<S>(ctx, a.clone(), ZooAdapter::<S>::correct())),
+    );
+    // A right diagnosis (issue #14 item 5): a pool whose slots are gone after
+    // the kill also stops serving, but it did reconnect; the reconnect
+    // scenario must fail without calling that "never reconnected".
+    let starves = ZooAdapter::<S>::with(Defect::StarvesAfterKills);
+    let rig = Rig::real(starves.clone());
+    let adapter = starves.name().to_string();
+    r.test(
+        format!("zoo::{}::diagnosis::kill_all_reconnects[{adapter}]", S::NAME),
+        &[tag::CHAOS, tag::LAYER_3, S::NAME],
+        move |ctx| {
+            let (rig, adapter) = (rig.clone(), adapter.clone());
+            async move {
+                let run: Run = Arc::new(move |ctx| Box::pin(hygiene::kill_all_reconnects(ctx, rig.clone())));
+                let scenario = "hygiene kill_all_reconnects";
+                let said = must_fail(ctx, &adapter, scenario, run, "does not serve again").await?;
+                ensure!(
+                    !said.contains("never reconnected"),
+                    "{scenario} called {adapter}, which reconnects but loses its slots, \"never reconnected\": {said}"
+                );
+                Ok(())
+            }
+        },
+    );
 }
 
 /// Registers `zoo::<service>::<defect>[...]` for both services.
@@ -91,7 +163,8 @@ pub fn register(r: &mut Registry) {
     let _ = r;
 }
 
-async fn must_fail(ctx: TestCtx, adapter: &str, scenario: &str, run: Run, must: &str) -> anyhow::Result<()> {
+/// Runs the scenario: it must fail naming `must`; returns its message.
+async fn must_fail(ctx: TestCtx, adapter: &str, scenario: &str, run: Run, must: &str) -> anyhow::Result<String> {
     match ctx.with_violations(run(ctx.clone()).await) {
         Ok(()) => bail!("{scenario} passed against {adapter}, a pool with a deliberate defect: it does not catch it"),
         Err(e) => {
@@ -101,7 +174,7 @@ async fn must_fail(ctx: TestCtx, adapter: &str, scenario: &str, run: Run, must: 
                 msg.contains(must),
                 "{scenario} failed against {adapter}, but its message does not name \"{must}\": {msg}"
             );
-            Ok(())
+            Ok(msg)
         }
     }
 }

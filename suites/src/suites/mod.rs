@@ -16,6 +16,7 @@ pub mod exhaustion;
 pub mod fairness;
 pub mod faults;
 pub mod harness_bench;
+pub mod hygiene;
 pub mod layer2;
 pub mod smoke;
 pub mod stress_edge;
