@@ -11,7 +11,8 @@
 //! the acquire timeout, idle connections checked (a ping) before they are
 //! handed out, within the same timeout; the op timeout enforced by the pool
 //! around every command; a connection whose command failed or was cut short
-//! is never handed out again, and its slot goes back.
+//! is never handed out again, and its slot goes back; and default timeouts
+//! ([`DEFAULT_TIMEOUTS`]) for a caller who sets none.
 
 use std::{
     sync::{
@@ -296,7 +297,7 @@ impl<S: ZooDriver> PoolAdapter for ZooAdapter<S> {
         Box::pin(async move {
             let shared = Arc::new(Shared::<S> {
                 target: target.clone(),
-                cfg: cfg.clone(),
+                cfg: with_defaults(cfg),
                 defect: self.defect,
                 idle: Mutex::new(Vec::new()),
                 slots: Arc::new(Semaphore::new(cfg.max_size)),
@@ -308,6 +309,22 @@ impl<S: ZooDriver> PoolAdapter for ZooAdapter<S> {
             });
             Ok(Box::new(ZooPool { shared }) as Box<dyn PoolUnderTest>)
         })
+    }
+}
+
+/// The zoo's default timeouts, for a caller who sets none: every call ends
+/// on a silent network too (30 s to wait for a slot and to run a command,
+/// 10 s to open a connection).
+pub const DEFAULT_TIMEOUTS: (Duration, Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(10), Duration::from_secs(30));
+
+fn with_defaults(cfg: &PoolConfig) -> PoolConfig {
+    let (acquire, connect, op) = DEFAULT_TIMEOUTS;
+    PoolConfig {
+        acquire_timeout: cfg.acquire_timeout.or(Some(acquire)),
+        connect_timeout: cfg.connect_timeout.or(Some(connect)),
+        op_timeout: cfg.op_timeout.or(Some(op)),
+        ..cfg.clone()
     }
 }
 

@@ -644,14 +644,17 @@ pub async fn server_side_bounded(bed: &Bed, max_seen: u64, killed: usize) -> any
 }
 
 /// The recovery invariants every scenario ends with: the same pool serves
-/// again, capacity is intact and no connection is poisoned, and the server
-/// never saw more than max_size (plus lingering killed) connections.
+/// again, capacity is intact and no connection is poisoned, no session of the
+/// test is left inside a transaction, and the server never saw more than
+/// max_size (plus lingering killed) connections.
 pub async fn after_fault(ctx: &TestCtx, bed: &Bed, max_seen: u64, killed: usize) -> anyhow::Result<()> {
     ctx.step("checking the same pool serves again");
     let took = serves_again(bed, 5, ctx.profile().pick(Duration::from_secs(3), Duration::from_secs(30))).await?;
     ctx.record(Metric::lower("serves_again_ms", ms(took)));
     ctx.step("checking capacity and connections");
     capacity_intact(bed, bed.cfg.max_size, 1).await?;
+    ctx.step("checking no session was left inside a transaction");
+    super::checks::no_idle_in_transaction(bed, Duration::from_secs(3)).await?;
     ctx.step("checking the server side");
     server_side_bounded(bed, max_seen, killed).await?;
     ctx.record(Metric::lower("server_connections_max", max_seen as f64));

@@ -79,15 +79,6 @@ fn catcher(defect: Defect) -> (&'static str, Body, &'static str) {
     }
 }
 
-/// The hygiene scenarios, run against the correct pool: each must pass.
-const HYGIENE: [(&str, Body); 5] = [
-    ("cancel_mid_transaction", |c, r| Box::pin(hygiene::cancel_mid_transaction(c, r))),
-    ("kill_idle_validated", |c, r| Box::pin(hygiene::kill_idle_validated(c, r))),
-    ("cold_burst", |c, r| Box::pin(hygiene::cold_burst(c, r))),
-    ("kill_all_reconnects", |c, r| Box::pin(hygiene::kill_all_reconnects(c, r))),
-    ("discards_close", |c, r| Box::pin(hygiene::discards_close(c, r))),
-];
-
 #[cfg(any(feature = "postgres", feature = "redis"))]
 fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
     for defect in Defect::ALL {
@@ -113,22 +104,6 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
             async move { must_fail(ctx, &adapter, scenario, run, must).await.map(|_| ()) }
         });
     }
-    // The catchers no suite runs, against the correct pool: each must pass.
-    let correct = ZooAdapter::<S>::correct();
-    for (scenario, body) in HYGIENE {
-        let rig = Rig::real(correct.clone());
-        r.test(
-            format!("zoo::{}::correct::{scenario}[{}]", S::NAME, correct.name()),
-            &[tag::CHAOS, tag::LAYER_3, S::NAME],
-            move |ctx| body(ctx, rig.clone()),
-        );
-    }
-    let a = correct.clone();
-    r.test(
-        format!("zoo::{}::correct::acquire_paired[{}]", S::NAME, correct.name()),
-        &[tag::CHAOS, tag::LAYER_3, S::NAME],
-        move |ctx| Box::pin(hygiene::acquire_paired::<S>(ctx, a.clone(), ZooAdapter::<S>::correct())),
-    );
     // A right diagnosis (issue #14 item 5): a pool whose slots are gone after
     // the kill also stops serving, but it did reconnect; the reconnect
     // scenario must fail without calling that "never reconnected".
