@@ -11,7 +11,7 @@ use poolstress_fixtures::pool::{Adapter, Capabilities, Knob, Op, Pool, PoolConfi
 use poolstress_harness::{
     load::OpTimer,
     metrics::{check_at_least, check_at_most, PhaseStats, ResourceMonitor},
-    Metric, TestCtx,
+    ConnectionCounter, Metric, TestCtx,
 };
 
 use tokio::task::JoinHandle;
@@ -374,4 +374,58 @@ pub async fn served_order(pool: &Pool, waiters: usize, round: usize) -> anyhow::
     let o = order.lock().clone();
     anyhow::ensure!(o.len() == waiters, "{name}: {} of {waiters} callers served in round {round}", o.len());
     Ok(o)
+}
+
+/// The idle timeout, judged on the server: `n` connections (ids `before`,
+/// as [`Op::WhoAmI`] answers) were released at `released`; the server's
+/// count of the test's connections must drop below `n` (never before
+/// `idle`), then to none, and a new connection must open on demand.
+/// Records `idle_first_close_ms` and `idle_all_closed_ms`.
+pub async fn check_idle_timeout(
+    ctx: &TestCtx,
+    pool: &Pool,
+    counter: &Arc<dyn ConnectionCounter>,
+    (n, idle): (usize, Duration),
+    before: &std::collections::BTreeSet<i64>,
+    released: std::time::Instant,
+) -> anyhow::Result<()> {
+    let name = pool.name().to_string();
+    ctx.step(format!("waiting for idle connections to close (idle_timeout {idle:?})"));
+    let limit = idle * 3 + Duration::from_secs(2);
+    wait_until(&format!("{name}: the server-side count to drop below {n} (idle_timeout {idle:?})"), limit, || async {
+        Ok(counter.count().await? < n as u64)
+    })
+    .await?;
+    let first = released.elapsed();
+    wait_until(&format!("{name}: every idle connection to close (idle_timeout {idle:?})"), limit, || async {
+        Ok(counter.count().await? == 0)
+    })
+    .await?;
+    let all = released.elapsed();
+    ctx.record(Metric::lower("idle_first_close_ms", ms(first)));
+    ctx.record(Metric::lower("idle_all_closed_ms", ms(all)));
+    ctx.note(format!("idle_timeout {idle:?}: first closed after {first:?}, all after {all:?}"));
+    anyhow::ensure!(
+        first + Duration::from_millis(20) >= idle,
+        "{name}: an idle connection was closed {first:?} after release, before the idle_timeout of {idle:?}"
+    );
+    if pool.capabilities().supports(Knob::StatusSize) {
+        wait_until(&format!("{name}: status to report size 0"), Duration::from_secs(2), || async {
+            Ok(pool.status().and_then(|s| s.size) == Some(0))
+        })
+        .await?;
+    }
+    ctx.step("a new connection on demand");
+    let id = tokio::time::timeout(Duration::from_secs(10), pool.run(&Op::WhoAmI))
+        .await
+        .with_context(|| format!("{name}: an acquire after the idle connections closed hung"))?
+        .with_context(|| format!("{name}: an acquire after the idle connections closed failed"))?
+        .id()
+        .context("who_am_i returned no id")?;
+    anyhow::ensure!(!before.contains(&id), "{name}: connection {id} answered after every idle connection was closed");
+    anyhow::ensure!(
+        counter.count().await? >= 1,
+        "{name}: a checkout worked but the server sees no connection of the test"
+    );
+    Ok(())
 }

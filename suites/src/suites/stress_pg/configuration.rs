@@ -20,7 +20,10 @@ use poolstress_harness::{
     Metric, TestCtx,
 };
 
-use super::{check_server_peak, hold, latency_budget, ms, quantile, setup, ungated, wait_until, with_acquire_timeout};
+use super::{
+    check_idle_timeout, check_server_peak, hold, latency_budget, ms, quantile, setup, ungated, wait_until,
+    with_acquire_timeout,
+};
 
 /// Catalogue #16: min 5 / max 10: 5 connections exist before first use, a warm
 /// acquire is fast (< 50 ms), and the minimum is still there after a burst.
@@ -137,7 +140,6 @@ pub async fn idle_timeout_closes(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::
     let idle = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(2));
     let n = 5;
     let fx = setup(&ctx, &a, PoolConfig::new(n).idle_timeout(idle)).await?;
-    let name = fx.name.clone();
 
     ctx.step(format!("{n} connections used and released"));
     let mut held = hold(&fx.pool, n, Duration::from_secs(10)).await?;
@@ -146,43 +148,7 @@ pub async fn idle_timeout_closes(ctx: TestCtx, a: Adapter<Postgres>) -> anyhow::
         before.insert(c.run(&Op::WhoAmI).await?.id().context("who_am_i returned no id")?);
     }
     drop(held);
-    let released = Instant::now();
-    ctx.step(format!("waiting for idle connections to close (idle_timeout {idle:?})"));
-    let limit = idle * 3 + Duration::from_secs(2);
-    wait_until(&format!("{name}: the server-side count to drop below {n} (idle_timeout {idle:?})"), limit, || async {
-        Ok(fx.count().await? < n as u64)
-    })
-    .await?;
-    let first = released.elapsed();
-    wait_until(&format!("{name}: every idle connection to close (idle_timeout {idle:?})"), limit, || async {
-        Ok(fx.count().await? == 0)
-    })
-    .await?;
-    let all = released.elapsed();
-    ctx.record(Metric::lower("idle_first_close_ms", ms(first)));
-    ctx.record(Metric::lower("idle_all_closed_ms", ms(all)));
-    ctx.note(format!("idle_timeout {idle:?}: first closed after {first:?}, all after {all:?}"));
-    ensure!(
-        first + Duration::from_millis(20) >= idle,
-        "{name}: an idle connection was closed {first:?} after release, before the idle_timeout of {idle:?}"
-    );
-    if fx.caps.supports(Knob::StatusSize) {
-        wait_until(&format!("{name}: status to report size 0"), Duration::from_secs(2), || async {
-            Ok(fx.pool.status().and_then(|s| s.size) == Some(0))
-        })
-        .await?;
-    }
-
-    ctx.step("a new connection on demand");
-    let pid = tokio::time::timeout(Duration::from_secs(10), fx.pool.run(&Op::WhoAmI))
-        .await
-        .with_context(|| format!("{name}: an acquire after the idle connections closed hung"))?
-        .with_context(|| format!("{name}: an acquire after the idle connections closed failed"))?
-        .id()
-        .context("who_am_i returned no id")?;
-    ensure!(!before.contains(&pid), "{name}: backend {pid} answered after every idle connection was closed");
-    ensure!(fx.count().await? >= 1, "{name}: a checkout worked but the server sees no connection of the test");
-    Ok(())
+    check_idle_timeout(&ctx, &fx.pool, &fx.counter, (n, idle), &before, Instant::now()).await
 }
 
 /// The age of a backend server side, from an admin connection.

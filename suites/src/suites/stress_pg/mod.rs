@@ -52,7 +52,7 @@ use poolstress_harness::{
     tag, ConnectionCounter, Metric, Registry, TestCtx,
 };
 
-pub(crate) use crate::kit::support::{served_order, start_queued};
+pub(crate) use crate::kit::support::{check_idle_timeout, served_order, start_queued};
 use crate::kit::{wait_until, ServiceFixture};
 
 /// Tags of every scenario.

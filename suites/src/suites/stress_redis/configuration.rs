@@ -22,7 +22,7 @@ use poolstress_fixtures::pool::{Adapter, Knob, Op, Pool, PoolConfig, Redis};
 use poolstress_harness::{Metric, TestCtx};
 
 use crate::kit::{
-    support::{ms, setup},
+    support::{check_idle_timeout, ms, setup},
     wait_until, Scenario,
 };
 
@@ -68,37 +68,7 @@ async fn idle_timeout_closes(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<
     let before = use_n(&name, &pool, n).await?;
     let released = Instant::now();
     ensure!(counter.count().await? >= n as u64, "{name}: {n} checkouts held, but the server saw fewer connections");
-
-    ctx.step(format!("waiting for idle connections to close (idle_timeout {idle:?})"));
-    let limit = idle * 3 + Duration::from_secs(2);
-    wait_until(&format!("{name}: the server-side count to drop below {n} (idle_timeout {idle:?})"), limit, || async {
-        Ok(counter.count().await? < n as u64)
-    })
-    .await?;
-    let first = released.elapsed();
-    wait_until(&format!("{name}: every idle connection to close (idle_timeout {idle:?})"), limit, || async {
-        Ok(counter.count().await? == 0)
-    })
-    .await?;
-    let all = released.elapsed();
-    ctx.record(Metric::lower("idle_first_close_ms", ms(first)));
-    ctx.record(Metric::lower("idle_all_closed_ms", ms(all)));
-    ctx.note(format!("idle_timeout {idle:?}: first closed after {first:?}, all after {all:?}"));
-    ensure!(
-        first + Duration::from_millis(20) >= idle,
-        "{name}: an idle connection was closed {first:?} after release, before the idle_timeout of {idle:?}"
-    );
-
-    ctx.step("a new connection on demand");
-    let id = tokio::time::timeout(Duration::from_secs(10), pool.run(&Op::WhoAmI))
-        .await
-        .with_context(|| format!("{name}: an acquire after the idle connections closed hung"))?
-        .with_context(|| format!("{name}: an acquire after the idle connections closed failed"))?
-        .id()
-        .context("CLIENT ID returned no id")?;
-    ensure!(!before.contains(&id), "{name}: client {id} answered after every idle connection was closed");
-    ensure!(counter.count().await? >= 1, "{name}: a checkout worked but the server sees no connection of the test");
-    Ok(())
+    check_idle_timeout(&ctx, &pool, &counter, (n, idle), &before, released).await
 }
 
 async fn min_idle_maintained(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
