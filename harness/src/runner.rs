@@ -186,6 +186,11 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
     };
     let suite_time = report::scorecard::suite_times(&summary.tests);
     summary.run.insert("suite_time".into(), serde_json::to_value(suite_time).unwrap_or_default());
+    // The verdict against the baselines reaches every reporter (report.json,
+    // report.html and summary.md open with it, junit.xml carries it).
+    if let Some(v) = crate::baseline::verdicts(&opts, &summary) {
+        summary.run.insert("baselines".into(), serde_json::to_value(v).unwrap_or_default());
+    }
     write_reports(&opts, &summary, args.quiet);
 
     let ran = conclusion.num_passed + conclusion.num_failed;

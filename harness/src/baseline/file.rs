@@ -116,7 +116,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
     }
     let mut out = Baselines::new();
     for (test, item) in root.iter() {
-        if test == "format-version" {
+        if test == "format-version" || test == super::machine::MACHINE_KEY {
             continue;
         }
         let key_span = root.key(test).and_then(|k| k.span());
@@ -124,7 +124,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
             return Err(invalid(
                 key_span,
                 format!("unknown top-level key `{test}`"),
-                "top-level entries are `format-version` and one table per test instance, e.g. [\"redis::throughput[bb8-redis]\"]",
+                "top-level entries are `format-version`, `[machine]` and one table per test instance, e.g. [\"redis::throughput[bb8-redis]\"]",
             ));
         };
         let mut metrics = BTreeMap::new();
@@ -212,7 +212,12 @@ pub fn load(path: &Path) -> Result<Baselines, BaselineLoadError> {
 /// Writes `updates` (test → metric → new baseline) into the text of a
 /// baseline file, keeping every comment, ordering and untouched key, and a
 /// tolerance someone edited by hand. Returns the new text.
-pub fn update_text(existing: Option<&str>, profile: &str, updates: &Baselines) -> Result<String, toml_edit::TomlError> {
+pub fn update_text(
+    existing: Option<&str>,
+    profile: &str,
+    updates: &Baselines,
+    machine: Option<&super::machine::Fingerprint>,
+) -> Result<String, toml_edit::TomlError> {
     let mut doc: DocumentMut = match existing {
         Some(t) => t.parse()?,
         None => {
@@ -228,6 +233,9 @@ pub fn update_text(existing: Option<&str>, profile: &str, updates: &Baselines) -
             d
         }
     };
+    if let Some(fp) = machine {
+        super::machine::write(&mut doc, fp);
+    }
     for (test, metrics) in updates {
         if !doc.contains_key(test) {
             let mut t = toml_edit::Table::new();
@@ -329,7 +337,7 @@ rate = { value = 100, direction = "higher" }
             "rate".into(),
             Baseline { value: 1.0, spread: 0.0, direction: Direction::HigherIsBetter, tolerance: 0.5, samples: 1 },
         );
-        let text = update_text(Some(GOOD), "quick", &up).unwrap();
+        let text = update_text(Some(GOOD), "quick", &up, None).unwrap();
         assert!(text.starts_with("# header comment"), "{text}");
         assert!(text.contains("# keep me"), "{text}");
         assert!(
@@ -346,7 +354,7 @@ rate = { value = 100, direction = "higher" }
 
     #[test]
     fn new_file_has_header_and_version() {
-        let text = update_text(None, "nightly", &Baselines::new()).unwrap();
+        let text = update_text(None, "nightly", &Baselines::new(), None).unwrap();
         assert!(text.contains("format-version = 1") && text.contains("`nightly` profile"), "{text}");
         parse(Path::new("x"), &text).unwrap();
     }

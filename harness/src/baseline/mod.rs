@@ -4,6 +4,7 @@
 
 mod compare;
 mod file;
+pub mod machine;
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
@@ -154,6 +155,8 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
         return None;
     }
     let path = path_for(opts);
+    let here = machine::Fingerprint::current();
+    let recorded_on = std::fs::read_to_string(&path).ok().and_then(|t| machine::read(&t));
     let stored = match load(&path) {
         Ok(b) => b,
         Err(e) => {
@@ -165,6 +168,9 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
     if opts.check_baselines {
         let rows = compare_run(&stored, summary);
         let regressed = rows.iter().filter(|r| r.verdict == Verdict::Regressed).count();
+        let any_machine = std::env::var(machine::ANY_MACHINE_ENV).is_ok_and(|v| v == "1");
+        let (judge, machine_line) = machine::verdict_scope(recorded_on.as_ref(), &here, any_machine);
+        println!("\npoolstress: {machine_line}");
         if rows.is_empty() {
             eprintln!("poolstress: no test of this run recorded metrics; nothing to compare with {}", path.display());
         } else {
@@ -174,7 +180,7 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
                 table(&rows)
             );
         }
-        let md = markdown(&rows, &path.display().to_string());
+        let md = format!("> {machine_line}\n\n{}", markdown(&rows, &path.display().to_string()));
         let _ = write_atomic(&opts.report_dir.join("baselines.md"), md.as_bytes());
         if let Some(summary_file) = std::env::var_os("GITHUB_STEP_SUMMARY") {
             use std::io::Write;
@@ -197,7 +203,13 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
             }
             code = Some(exit::REGRESSION);
         }
-        if regressed > 0 {
+        if regressed > 0 && !judge {
+            eprintln!(
+                "poolstress: {regressed} metric(s) beyond tolerance against {}, recorded on another machine: reported, \
+                 not failing (record this machine's baselines with --update-baselines)",
+                path.display()
+            );
+        } else if regressed > 0 {
             eprintln!(
                 "poolstress: {regressed} metric(s) regressed against {} (exit code {})",
                 path.display(),
@@ -221,7 +233,7 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
             return code;
         }
         let existing = std::fs::read_to_string(&path).ok();
-        let text = match update_text(existing.as_deref(), opts.profile.name(), &updates) {
+        let text = match update_text(existing.as_deref(), opts.profile.name(), &updates, Some(&here)) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {}: {e}", path.display());
@@ -245,4 +257,159 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
         println!("poolstress: updated {changed} baseline value(s) in {}", path.display());
     }
     code
+}
+
+/// The comparison with the baselines, for every reporter: put in the run
+/// summary (`run.baselines` in report.json) before the reports are written,
+/// when `--check-baselines` is on and the baselines file loads.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerdictSummary {
+    /// The baselines file.
+    pub file: String,
+    /// Where it was recorded, and whether its regressions are judged here.
+    pub machine: String,
+    /// Whether a regression fails the run (false: recorded on another machine).
+    pub judged: bool,
+    /// `regressed` (and judged), `regressed, not judged (another machine)`, `ok`.
+    pub verdict: String,
+    /// Rows per verdict.
+    pub regressed: usize,
+    /// See `regressed`.
+    pub improved: usize,
+    /// See `regressed`.
+    pub within_noise: usize,
+    /// See `regressed`.
+    pub new: usize,
+    /// See `regressed`.
+    pub missing: usize,
+    /// Every row that is not within noise, regressions first.
+    pub rows: Vec<Comparison>,
+}
+
+/// The [`VerdictSummary`] of this run, or `None` when baselines are not checked.
+pub fn verdicts(opts: &Options, summary: &RunSummary) -> Option<VerdictSummary> {
+    if !opts.check_baselines {
+        return None;
+    }
+    let path = path_for(opts);
+    let stored = load(&path).ok()?;
+    let recorded_on = std::fs::read_to_string(&path).ok().and_then(|t| machine::read(&t));
+    let any_machine = std::env::var(machine::ANY_MACHINE_ENV).is_ok_and(|v| v == "1");
+    let (judged, line) = machine::verdict_scope(recorded_on.as_ref(), &machine::Fingerprint::current(), any_machine);
+    let all = compare_run(&stored, summary);
+    let count = |v: Verdict| all.iter().filter(|r| r.verdict == v).count();
+    let regressed = count(Verdict::Regressed);
+    let mut rows: Vec<Comparison> = all.iter().filter(|r| r.verdict != Verdict::WithinNoise).cloned().collect();
+    rows.sort_by_key(|r| match r.verdict {
+        Verdict::Regressed => 0,
+        Verdict::Improved => 1,
+        Verdict::Missing => 2,
+        Verdict::New => 3,
+        Verdict::WithinNoise => 4,
+    });
+    let verdict = match (regressed, judged) {
+        (0, _) => "ok".to_string(),
+        (n, true) => format!("REGRESSED: {n} metric(s)"),
+        (n, false) => format!("{n} metric(s) beyond tolerance, not judged (baselines of another machine)"),
+    };
+    Some(VerdictSummary {
+        file: path.display().to_string(),
+        machine: line,
+        judged,
+        verdict,
+        regressed,
+        improved: count(Verdict::Improved),
+        within_noise: count(Verdict::WithinNoise),
+        new: count(Verdict::New),
+        missing: count(Verdict::Missing),
+        rows,
+    })
+}
+
+/// The verdict as HTML (top of report.html) or Markdown (top of summary.md),
+/// from `run.baselines` of a summary; empty when baselines were not checked.
+pub fn verdict_block(summary: &RunSummary, html: bool) -> String {
+    let Some(v) = summary.run.get("baselines") else { return String::new() };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let rows = v.get("rows").and_then(|r| r.as_array()).cloned().unwrap_or_default();
+    let cell = |r: &serde_json::Value, k: &str| match r.get(k) {
+        Some(serde_json::Value::Number(x)) if k == "delta" => fmt_delta(x.as_f64()),
+        Some(serde_json::Value::Number(x)) => fmt_num(x.as_f64()),
+        Some(serde_json::Value::String(x)) => x.clone(),
+        _ => "-".into(),
+    };
+    let label = |r: &serde_json::Value| {
+        let v = cell(r, "verdict");
+        if v == "regressed" {
+            "REGRESSED".to_string()
+        } else {
+            v.replace('_', " ")
+        }
+    };
+    let counts = format!(
+        "{} regressed, {} improved, {} within noise, {} new, {} missing",
+        n("regressed"),
+        n("improved"),
+        n("within_noise"),
+        n("new"),
+        n("missing")
+    );
+    let mut out = String::new();
+    if html {
+        let esc = |x: &str| x.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let class = if n("regressed") > 0 && v.get("judged").and_then(|j| j.as_bool()) == Some(true) {
+            "failed"
+        } else {
+            "passed"
+        };
+        let _ = write!(
+            out,
+            "<h2 id=\"baselines\">Baselines: <span class=\"{class}\">{}</span></h2><p>{} · {} · {}</p>",
+            esc(&s("verdict")),
+            esc(&s("file")),
+            esc(&s("machine")),
+            counts
+        );
+        if !rows.is_empty() {
+            out.push_str(
+                "<table><tr><th>test</th><th>metric</th><th>baseline</th><th>current</th><th>delta</th><th>verdict</th></tr>",
+            );
+            for r in &rows {
+                let l = label(r);
+                let _ = write!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                    esc(&cell(r, "test")),
+                    esc(&cell(r, "metric")),
+                    cell(r, "baseline"),
+                    cell(r, "current"),
+                    cell(r, "delta"),
+                    if l == "REGRESSED" { "failed" } else { "passed" },
+                    l
+                );
+            }
+            out.push_str("</table>");
+        }
+    } else {
+        let _ = writeln!(out, "### Baselines: {}\n\n{} · {} · {}\n", s("verdict"), s("file"), s("machine"), counts);
+        if !rows.is_empty() {
+            out.push_str("| test | metric | baseline | current | delta | verdict |\n|---|---|---:|---:|---:|---|\n");
+            for r in &rows {
+                let l = label(r);
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {} | {} | {} | {} | {} |",
+                    cell(r, "test"),
+                    cell(r, "metric"),
+                    cell(r, "baseline"),
+                    cell(r, "current"),
+                    cell(r, "delta"),
+                    if l == "REGRESSED" { "**REGRESSED**".to_string() } else { l }
+                );
+            }
+            out.push('\n');
+        }
+    }
+    out
 }

@@ -192,6 +192,7 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
         s.ignored,
         s.duration_ms / 1e3
     );
+    h.push_str(&crate::baseline::verdict_block(s, true));
     h.push_str(&super::scorecard::html(&s.tests));
     let times = super::scorecard::suite_times(&s.tests);
     if !times.is_empty() {

@@ -45,9 +45,18 @@ pub(crate) fn render(s: &RunSummary) -> String {
         skipped,
         s.duration_ms / 1e3
     );
+    let baselines = s
+        .run
+        .get("baselines")
+        .map(|v| {
+            let verdict = v.get("verdict").and_then(|x| x.as_str()).unwrap_or("");
+            let machine = v.get("machine").and_then(|x| x.as_str()).unwrap_or("");
+            format!(r#"<property name="baselines" value="{}"/>"#, escape(&format!("{verdict} ({machine})")))
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         x,
-        r#"    <properties><property name="profile" value="{}"/><property name="seed" value="{}"/></properties>"#,
+        r#"    <properties><property name="profile" value="{}"/><property name="seed" value="{}"/>{baselines}</properties>"#,
         escape(&s.profile),
         s.seed
     );

@@ -298,6 +298,10 @@ pub fn markdown_table(card: &Scorecard) -> String {
 pub fn markdown(s: &RunSummary) -> String {
     let mut md = verdict(s);
     md.push('\n');
+    let baselines = crate::baseline::verdict_block(s, false);
+    if !baselines.is_empty() {
+        let _ = write!(md, "\n{baselines}");
+    }
     if let Some(card) = scorecard(&s.tests) {
         let _ = write!(md, "\n## Scorecard\n\n{}", markdown_table(&card));
     }
@@ -491,6 +495,36 @@ mod tests {
         let row =
             card.rows.iter().find(|(n, _)| n == scenario).unwrap_or_else(|| panic!("no row {scenario}: {card:?}"));
         row.1[col].as_ref()
+    }
+
+    #[test]
+    fn baseline_verdict_opens_summary_md_and_report_html() {
+        let mut s = summary();
+        let row = |verdict: &str, delta: f64| {
+            serde_json::json!({"test": "bench::x[p]", "metric": "read.p50_ms", "baseline": 1.0, "current": 1.0 + delta,
+                "delta": delta, "verdict": verdict})
+        };
+        s.run.insert(
+            "baselines".into(),
+            serde_json::json!({"file": "baselines/quick.toml", "machine": "baselines recorded on this machine",
+                "judged": true, "verdict": "REGRESSED: 1 metric(s)", "regressed": 1, "improved": 1, "within_noise": 7,
+                "new": 0, "missing": 0, "rows": [row("regressed", 2.0), row("improved", -0.5)]}),
+        );
+        let md = markdown(&s);
+        let at = md.find("### Baselines: REGRESSED: 1 metric(s)").expect(&md);
+        assert!(at < md.find("## Scorecard").expect(&md), "{md}");
+        assert!(
+            md.contains("**REGRESSED**") && md.contains("+200.0%") && md.contains("1 regressed, 1 improved"),
+            "{md}"
+        );
+        let html = crate::baseline::verdict_block(&s, true);
+        assert!(
+            html.contains("class=\"failed\">REGRESSED: 1 metric(s)")
+                && html.contains("<td class=\"failed\">REGRESSED</td>"),
+            "{html}"
+        );
+        s.run.remove("baselines");
+        assert!(!markdown(&s).contains("Baselines"), "no check, no verdict block");
     }
 
     #[test]

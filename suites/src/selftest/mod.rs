@@ -299,6 +299,25 @@ pub fn register(r: &mut Registry) {
             "{}",
             c.explain()
         );
+        // Recorded on another machine: said at the top, reported, not failing (unless asked).
+        ensure!(text.contains("[machine]") && text.contains("cores = "), "no machine fingerprint recorded: {text}");
+        let recorded = std::fs::read_to_string(&file)?;
+        let cpu_line = recorded.lines().find(|l| l.starts_with("cpu = ")).context("no cpu in [machine]")?.to_string();
+        std::fs::write(&file, recorded.replace(&cpu_line, "cpu = \"another CPU, elsewhere\""))?;
+        let c = run_child(&with(&["--check-baselines"]), &[("POOLSTRESS_SELFTEST_VALUE", "125")]).await?;
+        ensure!(
+            c.code == 0 && c.stdout.contains("ANOTHER machine") && c.stdout.contains("another CPU, elsewhere"),
+            "a regression against another machine's baselines must be reported, exit 0: {}",
+            c.explain()
+        );
+        ensure!(c.stdout.contains("REGRESSED"), "the regression must still be shown: {}", c.explain());
+        let c = run_child(
+            &with(&["--check-baselines"]),
+            &[("POOLSTRESS_SELFTEST_VALUE", "125"), ("POOLSTRESS_BASELINE_ANY_MACHINE", "1")],
+        )
+        .await?;
+        ensure!(c.code == exit::REGRESSION as i32, "POOLSTRESS_BASELINE_ANY_MACHINE=1 must judge: {}", c.explain());
+        std::fs::write(&file, &recorded)?;
         let c = run_child(&with(&["--check-baselines", "--update-baselines"]), &[("POOLSTRESS_SELFTEST_VALUE", "125")])
             .await?;
         ensure!(
