@@ -22,7 +22,7 @@ pub mod tag;
 
 pub use class::{Classify, ConnectionCounter, ErrorClass};
 pub use ctx::{Event, FixtureFailure, Skipped, TestCtx};
-pub use metric::{median, Direction, Metric};
+pub use metric::{median, Direction, Metric, MIN_GATED_SAMPLES};
 pub use profile::Profile;
 pub use registry::{InstanceName, Registry, TestDef, TestResult};
 pub use runner::{default_deadline, run, run_with, PostRun};

@@ -14,6 +14,20 @@ pub enum Direction {
 
 /// A named measurement. `samples` holds repeated measurements when a
 /// benchmark ran k times; `value` is then their median.
+///
+/// Only a *gated* metric ([`Metric::gated`]) can fail a run against its
+/// baseline: it is declared so by its scenario, from at least
+/// [`MIN_GATED_SAMPLES`] repeats, and is best a ratio to a reference measured
+/// in the same run (so a slower or busier machine moves both). Every other
+/// metric is recorded, compared and shown, and never fails the job.
+///
+/// ```
+/// use poolstress_harness::{Direction, Metric};
+/// // Five interleaved pairs: the pool's throughput over the bare driver's.
+/// let m = Metric::gated("vs_driver.ops_ratio", Direction::HigherIsBetter, vec![0.61, 0.63, 0.60, 0.62, 0.64]);
+/// assert!(m.gated && m.value == 0.62);
+/// assert!(!Metric::lower("read.p99_ms", 2.1).gated);
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Metric {
     /// `p95_ms`, `throughput_ops_s`, `recovery_ms`: the unit is part of the name.
@@ -25,23 +39,36 @@ pub struct Metric {
     /// Repeated samples, if any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<f64>,
+    /// Whether a regression of this metric fails the run (see [`Metric::gated`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gated: bool,
 }
+
+/// The fewest repeats a gated metric is judged from; with fewer it is recorded only.
+pub const MIN_GATED_SAMPLES: usize = 3;
 
 impl Metric {
     /// A metric where lower is better (latency, errors, time to recover).
     pub fn lower(name: impl Into<String>, value: f64) -> Self {
-        Metric { name: name.into(), value, direction: Direction::LowerIsBetter, samples: Vec::new() }
+        Metric { name: name.into(), value, direction: Direction::LowerIsBetter, samples: Vec::new(), gated: false }
     }
 
     /// A metric where higher is better (throughput, successes).
     pub fn higher(name: impl Into<String>, value: f64) -> Self {
-        Metric { name: name.into(), value, direction: Direction::HigherIsBetter, samples: Vec::new() }
+        Metric { name: name.into(), value, direction: Direction::HigherIsBetter, samples: Vec::new(), gated: false }
     }
 
     /// A metric from repeated samples; its value is their median.
     pub fn from_samples(name: impl Into<String>, direction: Direction, samples: Vec<f64>) -> Self {
         let value = median(&samples);
-        Metric { name: name.into(), value, direction, samples }
+        Metric { name: name.into(), value, direction, samples, gated: false }
+    }
+
+    /// A gated metric from `samples` repeats (at least [`MIN_GATED_SAMPLES`];
+    /// fewer are recorded, not judged): its value is their median, and a
+    /// regression beyond its tolerance and noise fails the run with exit 5.
+    pub fn gated(name: impl Into<String>, direction: Direction, samples: Vec<f64>) -> Self {
+        Metric { gated: true, ..Metric::from_samples(name, direction, samples) }
     }
 }
 

@@ -295,10 +295,16 @@ impl<S: ZooDriver> PoolAdapter for ZooAdapter<S> {
         target: &'a S::Target,
     ) -> BoxFuture<'a, Result<Box<dyn PoolUnderTest>, BuildError>> {
         Box::pin(async move {
+            let regression = match self.defect {
+                None => Regression::from_env().map_err(BuildError::invalid)?,
+                Some(_) => None,
+            };
             let shared = Arc::new(Shared::<S> {
                 target: target.clone(),
                 cfg: with_defaults(cfg),
                 defect: self.defect,
+                regression,
+                checkouts: AtomicUsize::new(0),
                 idle: Mutex::new(Vec::new()),
                 slots: Arc::new(Semaphore::new(cfg.max_size)),
                 open: AtomicUsize::new(0),
@@ -309,6 +315,44 @@ impl<S: ZooDriver> PoolAdapter for ZooAdapter<S> {
             });
             Ok(Box::new(ZooPool { shared }) as Box<dyn PoolUnderTest>)
         })
+    }
+}
+
+/// Env var: a performance regression for the zoo's *correct* pools
+/// (`zoo-postgres`, `zoo-redis`), so the regression gate can be shown to
+/// catch one (scripts/check-gate.sh, `bench::gate::*`): see [`Regression`].
+pub const REGRESSION_ENV: &str = "POOLSTRESS_ZOO_REGRESSION";
+
+/// A performance regression injected into the zoo's correct pools by
+/// [`REGRESSION_ENV`]. Not a defect: every invariant still holds; the pool
+/// is only slower, as a release that regressed would be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Regression {
+    /// `acquire-1s`: an acquire that times out waiting for a slot returns
+    /// only after [`SLOW_TIMEOUT`] (the seed's 100 → 1341 ms acquire-timeout
+    /// regression): with a 20 ms timeout the wait goes from 20 ms to 1 s.
+    SlowTimeout,
+    /// `extra-round-trip`: the idle connection's check pings twice on six
+    /// of seven checkouts (2.86 round trips per read instead of 2): about
+    /// -30 % throughput where round trips are the cost.
+    ExtraRoundTrip,
+}
+
+/// How long a [`Regression::SlowTimeout`] acquire takes to time out.
+pub const SLOW_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Regression {
+    /// The regression [`REGRESSION_ENV`] asks for, or an error saying what it takes.
+    pub fn from_env() -> Result<Option<Regression>, String> {
+        match std::env::var(REGRESSION_ENV) {
+            Err(_) => Ok(None),
+            Ok(v) => match v.trim() {
+                "" | "none" => Ok(None),
+                "acquire-1s" => Ok(Some(Regression::SlowTimeout)),
+                "extra-round-trip" => Ok(Some(Regression::ExtraRoundTrip)),
+                other => Err(format!("{REGRESSION_ENV}={other:?}: use acquire-1s or extra-round-trip (or unset it)")),
+            },
+        }
     }
 }
 
@@ -332,6 +376,10 @@ struct Shared<S: ZooDriver> {
     target: S::Target,
     cfg: PoolConfig,
     defect: Option<Defect>,
+    /// A performance regression (correct pools only, from [`REGRESSION_ENV`]).
+    regression: Option<Regression>,
+    /// Checkouts of idle connections so far (ExtraRoundTrip picks six of seven).
+    checkouts: AtomicUsize,
     idle: Mutex<Vec<Idle<S>>>,
     slots: Arc<Semaphore>,
     /// Connections open (idle + checked out).
@@ -463,9 +511,16 @@ impl<S: ZooDriver> ZooPool<S> {
                 Box::pin(sh.slots.clone().acquire_owned())
             };
         let slot = match sh.cfg.acquire_timeout.filter(|_| sh.defect != Some(Defect::IgnoresAcquireTimeout)) {
-            Some(t) => tokio::time::timeout(t, slot)
-                .await
-                .map_err(|_| PoolError::new(Stage::Wait, Cause::TimedOut(Some(t))))?,
+            Some(t) => match tokio::time::timeout(t, slot).await {
+                Ok(s) => s,
+                Err(_) => {
+                    if sh.regression == Some(Regression::SlowTimeout) {
+                        // THE REGRESSION: the timeout is noticed late.
+                        tokio::time::sleep(SLOW_TIMEOUT.saturating_sub(started.elapsed())).await;
+                    }
+                    return Err(PoolError::new(Stage::Wait, Cause::TimedOut(Some(t))));
+                }
+            },
             None => slot.await,
         }
         .map_err(|_| PoolError::new(Stage::Wait, Cause::Closed))?;
@@ -481,7 +536,15 @@ impl<S: ZooDriver> ZooPool<S> {
             // Counted open until handed out or dropped (a cancelled acquire drops it).
             let mut held = Opened { shared: sh.clone(), idle: Some(idle) };
             let conn = &mut held.idle.as_mut().expect("set above").conn;
-            let check = S::run(conn, &sh.target, &Op::Ping);
+            let twice = sh.regression == Some(Regression::ExtraRoundTrip)
+                && !sh.checkouts.fetch_add(1, Ordering::Relaxed).is_multiple_of(7);
+            let target = &sh.target;
+            let check = async move {
+                if twice {
+                    S::run(conn, target, &Op::Ping).await?; // THE REGRESSION: one more round trip
+                }
+                S::run(conn, target, &Op::Ping).await
+            };
             let failed = match sh.cfg.acquire_timeout.filter(|_| sh.defect != Some(Defect::ValidationIgnoresTimeout)) {
                 Some(t) => match tokio::time::timeout(left(t), check).await {
                     Ok(Ok(_)) => None,

@@ -8,6 +8,8 @@
 //! ["redis::throughput[deadpool-redis]"]
 //! # tolerance: fraction of the baseline a change must exceed to count
 //! throughput_ops_s = { value = 9500.0, spread = 120.0, direction = "higher", tolerance = 0.25, samples = 5 }
+//! # gated: its regression fails the run; history: the values of the last recorded runs
+//! "vs_driver.ops_ratio" = { value = 0.62, spread = 0.01, direction = "higher", tolerance = 0.2, samples = 5, gated = true, history = [0.61, 0.62, 0.64] }
 //! ```
 
 use std::{
@@ -36,7 +38,17 @@ pub struct Baseline {
     pub tolerance: f64,
     /// How many samples the value came from.
     pub samples: u64,
+    /// The values of the last recorded runs (oldest first, at most
+    /// [`HISTORY_WINDOW`]); `value` is their median. Empty in files written
+    /// before histories were kept.
+    pub history: Vec<f64>,
+    /// Whether the scenario declared the metric gated (informational: the
+    /// scenario's declaration in the run decides).
+    pub gated: bool,
 }
+
+/// How many recorded runs a metric's history keeps.
+pub const HISTORY_WINDOW: usize = 10;
 
 /// Baselines of one file: test instance → metric name → baseline.
 pub type Baselines = BTreeMap<String, BTreeMap<String, Baseline>>;
@@ -70,7 +82,7 @@ fn line_of(text: &str, span: Option<Range<usize>>) -> usize {
     span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1)
 }
 
-const METRIC_KEYS: &[&str] = &["value", "spread", "direction", "tolerance", "samples"];
+const METRIC_KEYS: &[&str] = &["value", "spread", "direction", "tolerance", "samples", "gated", "history"];
 
 /// Parses and validates a baseline file's text.
 pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
@@ -184,6 +196,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
                     "use a fraction such as 0.25 for 25 %",
                 ));
             }
+            let history = match m.get("history") {
+                None => Vec::new(),
+                Some(h) => h
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|x| x.as_float().or_else(|| x.as_integer().map(|i| i as f64)))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .ok_or_else(|| {
+                        invalid(
+                            h.span().or(mspan.clone()),
+                            format!("`history` of `{metric}` in [\"{test}\"] must be an array of numbers"),
+                            "write e.g. history = [0.61, 0.62], or delete it (the next update starts a new one)",
+                        )
+                    })?,
+            };
+            let gated = match m.get("gated") {
+                None => false,
+                Some(g) => g.as_bool().ok_or_else(|| {
+                    invalid(
+                        g.span().or(mspan.clone()),
+                        format!("`gated` of `{metric}` in [\"{test}\"] must be true or false"),
+                        "write gated = true or delete it (the scenario declares which metrics are gated)",
+                    )
+                })?,
+            };
             metrics.insert(
                 metric.to_string(),
                 Baseline {
@@ -192,6 +231,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Baselines, BaselineLoadError> {
                     direction,
                     tolerance,
                     samples: num("samples")?.unwrap_or(1.0).max(1.0) as u64,
+                    history,
+                    gated,
                 },
             );
         }
@@ -228,7 +269,9 @@ pub fn update_text(
                  # Written by `cargo test --test stress -- --profile {profile} --update-baselines`;\n\
                  # review changes in the diff. Per metric: value (median), spread (1.4826 x MAD of the\n\
                  # samples), direction (lower/higher is better), tolerance (relative change that counts),\n\
-                 # samples. Edit a tolerance by hand to loosen or tighten one gate; updates keep it.\n"
+                 # samples, gated (its regression fails the run; the others are recorded), history (the\n\
+                 # last recorded runs; value is their median). Edit a tolerance by hand to loosen or\n\
+                 # tighten one gate; updates keep it.\n"
             ));
             d
         }
@@ -262,6 +305,13 @@ pub fn update_text(
             );
             it.insert("tolerance", Value::from(tolerance));
             it.insert("samples", Value::from(b.samples as i64));
+            if b.gated {
+                it.insert("gated", Value::from(true));
+            }
+            if !b.history.is_empty() {
+                let arr: toml_edit::Array = b.history.iter().map(|x| Value::from(round_sig(*x))).collect();
+                it.insert("history", Value::Array(arr));
+            }
             match table.get_mut(name) {
                 // Replace the value in place: the key keeps its comments.
                 Some(item) => *item = Item::Value(Value::InlineTable(it)),
@@ -302,7 +352,15 @@ rate = { value = 100, direction = "higher" }
         let m = &b["a::b[x]"];
         assert_eq!(
             m["p95_ms"],
-            Baseline { value: 12.5, spread: 0.5, direction: Direction::LowerIsBetter, tolerance: 0.1, samples: 5 }
+            Baseline {
+                value: 12.5,
+                spread: 0.5,
+                direction: Direction::LowerIsBetter,
+                tolerance: 0.1,
+                samples: 5,
+                history: Vec::new(),
+                gated: false
+            }
         );
         assert_eq!(m["rate"].direction, Direction::HigherIsBetter);
         assert_eq!(m["rate"].tolerance, 0.25);
@@ -318,6 +376,8 @@ rate = { value = 100, direction = "higher" }
             ("format-version = 9\n", 1, "not supported"),
             ("format-version = 1\n[\"a\"]\nx = { spread = 1 }\n", 3, "has no `value`"),
             ("format-version = 1\n[\"a\"]\nx = { value = 1, direction = \"up\" }\n", 3, "direction \"up\""),
+            ("format-version = 1\n[\"a\"]\nx = { value = 1, history = [1, \"two\"] }\n", 3, "array of numbers"),
+            ("format-version = 1\n[\"a\"]\nx = { value = 1, gated = 1 }\n", 3, "true or false"),
         ];
         for (text, line, needle) in cases {
             let e = parse(Path::new("baselines/quick.toml"), text).unwrap_err().to_string();
@@ -331,11 +391,27 @@ rate = { value = 100, direction = "higher" }
         let mut up = Baselines::new();
         up.entry("a::b[x]".into()).or_default().insert(
             "p95_ms".into(),
-            Baseline { value: 13.0, spread: 0.25, direction: Direction::LowerIsBetter, tolerance: 0.25, samples: 5 },
+            Baseline {
+                value: 13.0,
+                spread: 0.25,
+                direction: Direction::LowerIsBetter,
+                tolerance: 0.25,
+                samples: 5,
+                history: Vec::new(),
+                gated: false,
+            },
         );
         up.entry("new::test".into()).or_default().insert(
             "rate".into(),
-            Baseline { value: 1.0, spread: 0.0, direction: Direction::HigherIsBetter, tolerance: 0.5, samples: 1 },
+            Baseline {
+                value: 1.0,
+                spread: 0.0,
+                direction: Direction::HigherIsBetter,
+                tolerance: 0.5,
+                samples: 1,
+                history: vec![1.0],
+                gated: true,
+            },
         );
         let text = update_text(Some(GOOD), "quick", &up, None).unwrap();
         assert!(text.starts_with("# header comment"), "{text}");
@@ -350,6 +426,8 @@ rate = { value = 100, direction = "higher" }
         assert!(text.find("a::b[x]").unwrap() < text.find("new::test").unwrap());
         let back = parse(Path::new("x"), &text).unwrap();
         assert_eq!(back["new::test"]["rate"].tolerance, 0.5);
+        assert_eq!(back["new::test"]["rate"].history, vec![1.0]);
+        assert!(back["new::test"]["rate"].gated);
     }
 
     #[test]

@@ -502,25 +502,31 @@ mod tests {
         let mut s = summary();
         let row = |verdict: &str, delta: f64| {
             serde_json::json!({"test": "bench::x[p]", "metric": "read.p50_ms", "baseline": 1.0, "current": 1.0 + delta,
-                "delta": delta, "verdict": verdict})
+                "delta": delta, "verdict": verdict, "gated": verdict == "regressed"})
         };
         s.run.insert(
             "baselines".into(),
             serde_json::json!({"file": "baselines/quick.toml", "machine": "baselines recorded on this machine",
-                "judged": true, "verdict": "REGRESSED: 1 metric(s)", "regressed": 1, "improved": 1, "within_noise": 7,
-                "new": 0, "missing": 0, "rows": [row("regressed", 2.0), row("improved", -0.5)]}),
+                "judged": true, "verdict": "REGRESSED: 1 gated metric(s)", "gated": 1, "regressed": 1, "worse": 1,
+                "improved": 1, "within_noise": 7, "new": 0, "missing": 0,
+                "rows": [row("regressed", 2.0), row("improved", -0.5), row("worse", 0.8)]}),
         );
         let md = markdown(&s);
-        let at = md.find("### Baselines: REGRESSED: 1 metric(s)").expect(&md);
+        let at = md.find("### Baselines: REGRESSED: 1 gated metric(s)").expect(&md);
         assert!(at < md.find("## Scorecard").expect(&md), "{md}");
         assert!(
-            md.contains("**REGRESSED**") && md.contains("+200.0%") && md.contains("1 regressed, 1 improved"),
+            md.contains("**REGRESSED**")
+                && md.contains("+200.0%")
+                && md.contains("1 gated: 1 regressed")
+                && md.contains("1 worse (not gated)")
+                && md.contains("read.p50_ms (gated)"),
             "{md}"
         );
         let html = crate::baseline::verdict_block(&s, true);
         assert!(
-            html.contains("class=\"failed\">REGRESSED: 1 metric(s)")
-                && html.contains("<td class=\"failed\">REGRESSED</td>"),
+            html.contains("class=\"failed\">REGRESSED: 1 gated metric(s)")
+                && html.contains("<td class=\"failed\">REGRESSED</td>")
+                && html.contains("worse (not gated)"),
             "{html}"
         );
         s.run.remove("baselines");

@@ -46,24 +46,76 @@ fn clean(s: &PhaseStats) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Closed loop over the no-op target: the harness's per-op cost.
+/// The reference for the no-op loop: `workers` bare tokio tasks that time
+/// a ready future and record it in a histogram, nothing else (no
+/// timetable, no accounting, no timeline). Returns ops/s.
+async fn raw_loop(workers: usize, secs: Duration) -> f64 {
+    let start = std::time::Instant::now();
+    let until = start + secs;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        set.spawn(async move {
+            let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant figures is valid");
+            let mut n = 0u64;
+            loop {
+                let t = std::time::Instant::now();
+                if t >= until {
+                    break;
+                }
+                std::hint::black_box(async {}).await;
+                h.saturating_record(t.elapsed().as_nanos() as u64);
+                n += 1;
+                if n.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            n
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = set.join_next().await {
+        total += n.unwrap_or(0);
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Closed loop over the no-op target: the harness's per-op cost, in pairs
+/// interleaved with a bare tokio loop (the reference that cancels the
+/// machine: the gated metric is their ratio, `noop.vs_raw_ratio`).
 async fn noop_closed_loop(ctx: TestCtx, w: Workers) -> anyhow::Result<()> {
-    let reps = ctx.profile().pick(3, 5);
-    let secs = ctx.profile().pick(Duration::from_secs(1), Duration::from_secs(3));
-    let mut rates = Vec::new();
+    let reps = ctx.profile().pick(5, 7);
+    let secs = ctx.profile().pick(Duration::from_millis(500), Duration::from_secs(2));
+    let (mut rates, mut raws, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut last = None;
     for i in 0..reps {
-        ctx.step(format!("rep {}/{reps}: {} workers for {secs:?}", i + 1, w.0));
+        ctx.step(format!("pair {}/{reps}: {} workers for {secs:?}, harness and bare loop", i + 1, w.0));
         // The op bound is far above what the duration allows: time decides.
-        let s = Phase::closed("noop", w.0, Limit::new(1_000_000_000, secs)).run(&ctx, noop).await?;
+        let phase = Phase::closed("noop", w.0, Limit::new(1_000_000_000, secs));
+        let (s, raw) = if i % 2 == 0 {
+            let s = phase.run(&ctx, noop).await?;
+            (s, raw_loop(w.0, secs).await)
+        } else {
+            let raw = raw_loop(w.0, secs).await;
+            (phase.run(&ctx, noop).await?, raw)
+        };
         clean(&s)?;
         rates.push(s.throughput_ops_s);
+        raws.push(raw);
+        ratios.push(s.throughput_ops_s / raw.max(1.0));
         last = Some(s);
     }
     let m = Metric::from_samples("noop.ops_s", Direction::HigherIsBetter, rates);
+    let raw = Metric::from_samples("noop.raw_ops_s", Direction::HigherIsBetter, raws);
+    let ratio = Metric::gated("noop.vs_raw_ratio", Direction::HigherIsBetter, ratios);
     let ops_s = m.value;
-    ctx.note(format!("{} workers: {ops_s:.0} ops/s (median of {reps}: {:?})", w.0, m.samples));
+    ctx.note(format!(
+        "{} workers: {ops_s:.0} ops/s, a bare tokio loop {:.0} ops/s: {:.3}x (medians of {reps} interleaved pairs)",
+        w.0, raw.value, ratio.value
+    ));
+    ctx.key_metric("noop.vs_raw_ratio");
+    ctx.record(ratio);
     ctx.record(m);
+    ctx.record(raw);
     ctx.record(Metric::lower("noop.ns_per_op", 1e9 / ops_s));
     let s = last.expect("reps >= 1");
     // The latency of a no-op is the harness's own overhead per op.

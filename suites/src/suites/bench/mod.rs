@@ -3,21 +3,35 @@
 //! and the service; exclusive, as every benchmark is).
 //!
 //! - `point_read`: a closed loop of point reads (`Op::Read`), 8 workers on a
-//!   pool of 4, repeated k times (quick 3 x 1 s, nightly 5 x 3 s). Metrics
-//!   `read.ops_s`, `read.p50_ms`, `read.p99_ms` carry every repeat as a
-//!   sample, so the baseline check gates on tolerance *and* noise.
+//!   pool of 4, in k interleaved pairs with the same loop through the bare
+//!   driver (one connection per worker, no pool) on the same server in the
+//!   same process (quick 5 pairs x 0.6 s, nightly 7 x 2 s; the order
+//!   alternates, pool first then driver first). A busier or slower machine
+//!   moves both, so the gated metrics are the ratios, medians of the k
+//!   pairs: `vs_driver.ops_ratio` (the pool's reads/s over the driver's) and
+//!   `vs_driver.p50_ratio`. The absolute figures (`read.ops_s`,
+//!   `read.p50_ms`, `read.p99_ms`, `driver.ops_s`, `driver.p50_ms`) are
+//!   recorded and shown, never gated.
+//! - `acquire_timeout`: a pool of one, its connection held, and k acquires
+//!   with a 20 ms acquire timeout (quick 5, nightly 9): each must fail as a
+//!   timeout (hard), and the gated metric `exhausted.timeout_ratio` is the
+//!   median wait over the configured timeout (1.0 is exact; the seed's
+//!   100 → 1341 ms regression is 13). `exhausted.acquire_timeout_ms` is
+//!   recorded. Pools without an acquire timeout skip it.
 //!
-//! Every pool reaches its server through a fault proxy with no fault
-//! active. `POOLSTRESS_INJECT_LATENCY=<humantime>` (e.g. `2ms`) adds that
-//! latency to the proxy, both directions: a slowed network, which is how
-//! `bench::gate::injected_latency_is_a_regression` proves that the
-//! regression gate fires (update → check passes → inject → exit 5 naming the
-//! metric), and how a user can check the gate of their own CI.
+//! Pool and driver each reach the server through their own fault proxy
+//! with no fault active. `POOLSTRESS_INJECT_LATENCY=<humantime>` (e.g.
+//! `2ms`) adds that latency to the pool's proxy only, both directions: the
+//! pool's path got slower. With `POOLSTRESS_ZOO_REGRESSION` (see
+//! [`crate::zoo::Regression`]) they are how `bench::gate::*` and
+//! scripts/check-gate.sh prove the gate fires (update → an unchanged check
+//! passes → inject → exit 5 naming the metric), and how a user can check
+//! the gate of their own CI.
 
 #[cfg(feature = "redis")]
 mod gate;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{ensure, Context};
 use poolstress_fixtures::{
@@ -29,7 +43,7 @@ use poolstress_harness::{
     Direction, Metric, Registry, TestCtx,
 };
 
-use crate::kit::NetService;
+use crate::{kit::NetService, zoo::ZooDriver};
 
 #[cfg(feature = "redis")]
 pub use gate::register_gate;
@@ -48,15 +62,36 @@ fn injected_latency() -> anyhow::Result<Option<Duration>> {
     }
 }
 
-async fn point_read<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
-    let (reps, secs) = (ctx.profile().pick(3, 5), ctx.profile().pick(Duration::from_secs(1), Duration::from_secs(3)));
+/// One closed loop of `secs` over `workers` workers.
+async fn read_loop<F, Fut>(
+    ctx: &TestCtx,
+    name: &str,
+    workers: usize,
+    secs: Duration,
+    op: F,
+) -> anyhow::Result<poolstress_harness::metrics::PhaseStats>
+where
+    F: Fn(OpTimer) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<OpTimer, PoolError>> + Send + 'static,
+{
+    let s = Phase::closed(name, workers, Limit::new(10_000_000, secs)).run(ctx, op).await?;
+    s.check_accounted(None)?;
+    s.check_only(&[])?;
+    ensure!(s.ok > 0, "{name}: no read succeeded in {secs:?} ({})", s.summary());
+    Ok(s)
+}
+
+async fn point_read<S: NetService + ZooDriver>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+    let (pairs, secs) =
+        (ctx.profile().pick(5, 7), ctx.profile().pick(Duration::from_millis(600), Duration::from_secs(2)));
     let (workers, max) = (8, 4);
     ctx.step(format!("providing a {} server", S::NAME));
     let fx = S::provide(&ctx).await?;
     let (proxy, via) = S::proxy(&ctx, &fx.target).await?;
+    let (_driver_proxy, driver_via) = S::proxy(&ctx, &fx.target).await?;
     let _slow = match injected_latency()? {
         Some(d) => {
-            ctx.note(format!("{INJECT_LATENCY_ENV}: {d:?} of latency added to the proxy, both directions"));
+            ctx.note(format!("{INJECT_LATENCY_ENV}: {d:?} of latency added to the pool's proxy, both directions"));
             ctx.event(format!("injected latency {d:?}"));
             Some(proxy.add(FaultSpec::new(FaultKind::latency(d, Duration::ZERO)).both())?)
         }
@@ -71,51 +106,156 @@ async fn point_read<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Resul
     for key in 0..64 {
         pool.run(&Op::Write { key, value: format!("v{key}") }).await?;
     }
-    let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..reps {
-        ctx.step(format!("rep {}/{reps}: {workers} workers reading for {secs:?}", i + 1));
-        let p = pool.clone();
-        let s = Phase::closed("read", workers, Limit::new(10_000_000, secs))
-            .run(&ctx, move |mut t: OpTimer| {
-                let pool = p.clone();
-                async move {
-                    let mut c = pool.acquire().await?;
-                    t.acquired();
-                    c.run(&Op::Read { key: t.seq() % 64 }).await?;
-                    Ok::<_, PoolError>(t)
-                }
-            })
-            .await?;
-        s.check_accounted(None)?;
-        s.check_only(&[])?;
-        ensure!(s.ok > 0, "{}: no read succeeded in {secs:?} ({})", a.name(), s.summary());
-        rates.push(s.throughput_ops_s);
-        p50s.push(s.latency.p50_ms);
-        p99s.push(s.latency.p99_ms);
+    ctx.step(format!("opening {workers} driver connections (the reference: no pool)"));
+    let mut conns = Vec::new();
+    for _ in 0..workers {
+        let c = S::connect(&driver_via, &PoolConfig::new(workers)).await.context("opening a driver connection")?;
+        conns.push(tokio::sync::Mutex::new(c));
     }
+    let conns = Arc::new(conns);
+    let pool_leg = |name: &'static str, secs: Duration| {
+        let p = pool.clone();
+        read_loop(&ctx, name, workers, secs, move |mut t: OpTimer| {
+            let pool = p.clone();
+            async move {
+                let mut c = pool.acquire().await?;
+                t.acquired();
+                c.run(&Op::Read { key: t.seq() % 64 }).await?;
+                Ok::<_, PoolError>(t)
+            }
+        })
+    };
+    let driver_leg = |name: &'static str, secs: Duration| {
+        let (conns, target) = (conns.clone(), driver_via.clone());
+        read_loop(&ctx, name, workers, secs, move |mut t: OpTimer| {
+            let (conns, target) = (conns.clone(), target.clone());
+            async move {
+                let mut c = conns[t.worker() % conns.len()].lock().await;
+                t.acquired();
+                S::run(&mut c, &target, &Op::Read { key: t.seq() % 64 }).await?;
+                drop(c);
+                Ok::<_, PoolError>(t)
+            }
+        })
+    };
+    ctx.step("warming up both paths");
+    let warm = Duration::from_millis(200);
+    pool_leg("warm.pool", warm).await?;
+    driver_leg("warm.driver", warm).await?;
+    let (mut rates, mut p50s, mut p99s, mut d_rates, mut d_p50s) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut ops_ratio, mut p50_ratio) = (vec![], vec![]);
+    for i in 0..pairs {
+        ctx.step(format!("pair {}/{pairs}: {workers} workers reading for {secs:?}, pool and driver", i + 1));
+        let (p, d) = if i % 2 == 0 {
+            let p = pool_leg("read", secs).await?;
+            (p, driver_leg("driver", secs).await?)
+        } else {
+            let d = driver_leg("driver", secs).await?;
+            (pool_leg("read", secs).await?, d)
+        };
+        rates.push(p.throughput_ops_s);
+        p50s.push(p.latency.p50_ms);
+        p99s.push(p.latency.p99_ms);
+        d_rates.push(d.throughput_ops_s);
+        d_p50s.push(d.latency.p50_ms);
+        ops_ratio.push(p.throughput_ops_s / d.throughput_ops_s.max(f64::MIN_POSITIVE));
+        p50_ratio.push(p.latency.p50_ms / d.latency.p50_ms.max(0.001));
+    }
+    let ratio = Metric::gated("vs_driver.ops_ratio", Direction::HigherIsBetter, ops_ratio);
+    let lat = Metric::gated("vs_driver.p50_ratio", Direction::LowerIsBetter, p50_ratio);
     let ops = Metric::from_samples("read.ops_s", Direction::HigherIsBetter, rates);
     let p50 = Metric::from_samples("read.p50_ms", Direction::LowerIsBetter, p50s);
     let p99 = Metric::from_samples("read.p99_ms", Direction::LowerIsBetter, p99s);
+    let d_ops = Metric::from_samples("driver.ops_s", Direction::HigherIsBetter, d_rates);
+    let d_p50 = Metric::from_samples("driver.p50_ms", Direction::LowerIsBetter, d_p50s);
     ctx.note(format!(
-        "{} ({}): {:.0} reads/s, p50 {:.3} ms, p99 {:.3} ms (medians of {reps})",
+        "{} ({}): {:.0} reads/s, p50 {:.3} ms, p99 {:.3} ms; the bare driver {:.0} reads/s, p50 {:.3} ms; \
+         ratios {:.3}x throughput, {:.2}x p50 (medians of {pairs} interleaved pairs)",
         a.name(),
         a.version(),
         ops.value,
         p50.value,
-        p99.value
+        p99.value,
+        d_ops.value,
+        d_p50.value,
+        ratio.value,
+        lat.value
     ));
-    for m in [ops, p50, p99] {
+    ctx.key_metric("vs_driver.ops_ratio");
+    for m in [ratio, lat, ops, p50, p99, d_ops, d_p50] {
         ctx.record(m);
     }
     pool.close().await;
     Ok(())
 }
 
-/// Registers `bench::<service>::point_read[<pool>]` for `adapters` (a user's pool too).
-pub fn register_adapters<S: NetService>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
+/// The acquire timeout the `acquire_timeout` benchmark configures.
+const EXHAUSTED_TIMEOUT: Duration = Duration::from_millis(20);
+
+async fn acquire_timeout<S: NetService>(ctx: TestCtx, a: Adapter<S>) -> anyhow::Result<()> {
+    let reps = ctx.profile().pick(5, 9);
+    ctx.step(format!("providing a {} server", S::NAME));
+    let fx = S::provide(&ctx).await?;
+    let (_proxy, via) = S::proxy(&ctx, &fx.target).await?;
+    let cfg = PoolConfig::new(1).acquire_timeout(EXHAUSTED_TIMEOUT);
+    let pool = a.build(&cfg, &via).await.with_context(|| format!("building {} ({})", a.name(), a.version()))?;
+    ctx.step("holding the pool's one connection");
+    let held = pool.acquire().await.context("the first acquire of an idle pool of one")?;
+    let bound = EXHAUSTED_TIMEOUT + Duration::from_secs(10);
+    let mut waits = Vec::new();
+    for i in 0..reps {
+        ctx.step(format!("acquire {}/{reps} on the exhausted pool ({EXHAUSTED_TIMEOUT:?} acquire timeout)", i + 1));
+        let t0 = std::time::Instant::now();
+        let r = tokio::time::timeout(bound, pool.acquire()).await;
+        let waited = t0.elapsed();
+        match r {
+            Err(_) => anyhow::bail!(
+                "{}: unbounded: an acquire on the exhausted pool still running {bound:?} after it started \
+                 (acquire timeout {EXHAUSTED_TIMEOUT:?})",
+                a.name()
+            ),
+            Ok(Ok(_)) => anyhow::bail!(
+                "{}: an acquire succeeded while the pool's only connection (max_size 1) was checked out",
+                a.name()
+            ),
+            Ok(Err(e)) => ensure!(
+                poolstress_harness::Classify::class(&e) == poolstress_harness::ErrorClass::AcquireTimeout,
+                "{}: an acquire on the exhausted pool failed as {:?}, not as an acquire timeout: {e}",
+                a.name(),
+                poolstress_harness::Classify::class(&e)
+            ),
+        }
+        waits.push(waited.as_secs_f64() * 1e3);
+    }
+    drop(held);
+    let ratios: Vec<f64> = waits.iter().map(|w| w / (EXHAUSTED_TIMEOUT.as_secs_f64() * 1e3)).collect();
+    let ratio = Metric::gated("exhausted.timeout_ratio", Direction::LowerIsBetter, ratios);
+    let ms = Metric::from_samples("exhausted.acquire_timeout_ms", Direction::LowerIsBetter, waits);
+    ctx.note(format!(
+        "{}: an acquire timeout of {EXHAUSTED_TIMEOUT:?} returned after {:.1} ms ({:.2}x; median of {reps})",
+        a.name(),
+        ms.value,
+        ratio.value
+    ));
+    ctx.key_metric("exhausted.timeout_ratio");
+    ctx.record(ratio);
+    ctx.record(ms);
+    pool.close().await;
+    Ok(())
+}
+
+/// Registers `bench::<service>::{point_read, acquire_timeout}[<pool>]` for `adapters` (a user's pool too).
+pub fn register_adapters<S: NetService + ZooDriver>(r: &mut Registry, adapters: Vec<Adapter<S>>) {
     for a in adapters {
         let name = format!("bench::{}::point_read[{}]", S::NAME, a.name());
-        r.test(name, S::BENCH_TAGS, move |ctx| point_read(ctx, a.clone()));
+        let p = a.clone();
+        r.test(name, S::BENCH_TAGS, move |ctx| point_read(ctx, p.clone()));
+        let name = format!("bench::{}::acquire_timeout[{}]", S::NAME, a.name());
+        let skip = crate::kit::Needs::all(&[Knob::AcquireTimeout, Knob::MaxSize]).missing(a.name(), &a.capabilities());
+        let t = r.test(name, S::BENCH_TAGS, move |ctx| acquire_timeout(ctx, a.clone()));
+        if let Some(why) = skip {
+            t.skip(why);
+        }
     }
 }
 
