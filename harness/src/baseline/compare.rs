@@ -107,7 +107,11 @@ pub fn absolute_floor(metric: &str) -> f64 {
 /// runs of an unchanged pool on the same machine.
 fn is_tail(metric: &str) -> bool {
     let stem = metric.trim_end_matches("_ms").trim_end_matches("_us").trim_end_matches("_ns");
-    stem.ends_with("max") || stem.ends_with("p999") || stem.ends_with("p99_9")
+    stem.ends_with("max")
+        || stem.ends_with("p999")
+        || stem.ends_with("p99_9")
+        || stem.ends_with("p9999")
+        || stem.ends_with("p99_99")
 }
 
 /// The spread of a baseline's history of recorded runs, once it holds

@@ -284,6 +284,30 @@ pub fn post_run(opts: &Options, summary: &RunSummary) -> Option<u8> {
                 v.worse
             );
         }
+        if (!v.judged || stored.is_empty()) && !opts.update_baselines && summary.failed == 0 {
+            // No baselines of this machine: record them beside the reports
+            // instead of failing, for the next run (or a pull request) to adopt.
+            let (updates, _) = measured(summary, &Baselines::new());
+            let own = opts.report_dir.join("baselines").join(format!("{}.toml", opts.profile));
+            let here = machine::Fingerprint::current();
+            if !updates.is_empty() {
+                match update_text(None, opts.profile.name(), &updates, Some(&here))
+                    .map_err(std::io::Error::other)
+                    .and_then(|t| write_atomic(&own, t.as_bytes()))
+                {
+                    Ok(()) => println!(
+                        "poolstress: {} holds no baselines of this machine; this run's are recorded in {} \
+                         (copy it over {} to adopt them)",
+                        path.display(),
+                        own.display(),
+                        path.display()
+                    ),
+                    Err(e) => {
+                        eprintln!("poolstress: could not record this machine's baselines in {}: {e}", own.display())
+                    }
+                }
+            }
+        }
     }
     if opts.update_baselines {
         if summary.failed > 0 {

@@ -17,7 +17,9 @@ mod stats;
 pub use check::{check_at_least, check_at_most, BudgetExceeded};
 pub use resource::{process_snapshot, MonitorBuilder, ProcessSnapshot, ResourceMonitor, ResourceSample};
 pub use series::{mean, stddev, variance, Growth, Plateau, Point, Series, Unit};
-pub use stats::{ErrorCounts, ErrorSample, Latency, LatencyHistogram, PhaseStats, Quantile, Report, TimelineRow};
+pub use stats::{
+    ErrorCounts, ErrorSample, Latency, LatencyHistogram, PhaseStats, Quantile, Report, TimelineRow, DISTRIBUTION,
+};
 
 pub(crate) use stats::PhaseInputs;
 

@@ -158,6 +158,19 @@ impl Latency {
     }
 }
 
+/// The quantiles of [`PhaseStats::distribution`], with their metric suffixes.
+pub const DISTRIBUTION: [(&str, f64); 9] = [
+    ("p0_ms", 0.0),
+    ("p25_ms", 0.25),
+    ("p50_ms", 0.5),
+    ("p75_ms", 0.75),
+    ("p90_ms", 0.9),
+    ("p95_ms", 0.95),
+    ("p99_ms", 0.99),
+    ("p99_9_ms", 0.999),
+    ("p99_99_ms", 0.9999),
+];
+
 /// Error counts by class. Serialises as `{"acquire_timeout": 3, ...}`;
 /// displays as `acquire_timeout 3, connection_broken 1` (or `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -429,6 +442,16 @@ impl PhaseStats {
         } else {
             self.errors.total() as f64 / c as f64
         }
+    }
+
+    /// The full range of the success-latency distribution, for the HTML
+    /// report's percentile plot: `(metric suffix, ms)` at p0, p25, p50, p75,
+    /// p90, p95, p99, p99.9 and p99.99 ([`DISTRIBUTION`]), straight from the
+    /// histogram. Record them as `<prefix>.<suffix>` (over repeats, with
+    /// `Metric::from_samples`): the plot draws this run against the
+    /// baseline over the whole range.
+    pub fn distribution(&self) -> Vec<(&'static str, f64)> {
+        DISTRIBUTION.iter().map(|(sfx, q)| (*sfx, self.quantile(*q).as_secs_f64() * 1e3)).collect()
     }
 
     /// A success-latency quantile (`0.0..=1.0`) straight from the histogram.

@@ -21,9 +21,20 @@ pub struct HtmlReporter {
     pub baselines: Option<Baselines>,
 }
 
-/// Percentile metric suffixes, in plot order, with their quantile.
-const PERCENTILES: &[(&str, f64)] =
-    &[("p50_ms", 50.0), ("p90_ms", 90.0), ("p95_ms", 95.0), ("p99_ms", 99.0), ("p99_9_ms", 99.9), ("p999_ms", 99.9)];
+/// Percentile metric suffixes, in plot order, with their quantile
+/// (`PhaseStats::record_distribution` writes the full range p0..p99.99).
+const PERCENTILES: &[(&str, f64)] = &[
+    ("p0_ms", 0.0),
+    ("p25_ms", 25.0),
+    ("p50_ms", 50.0),
+    ("p75_ms", 75.0),
+    ("p90_ms", 90.0),
+    ("p95_ms", 95.0),
+    ("p99_ms", 99.0),
+    ("p99_9_ms", 99.9),
+    ("p999_ms", 99.9),
+    ("p99_99_ms", 99.99),
+];
 
 /// Groups a test's percentile metrics by prefix (`phase.p95_ms` → `phase`).
 fn percentile_groups(t: &TestRecord) -> BTreeMap<String, Vec<(f64, f64, String)>> {
@@ -46,7 +57,8 @@ fn percentile_groups(t: &TestRecord) -> BTreeMap<String, Vec<(f64, f64, String)>
     groups
 }
 
-/// The x of a percentile on a "nines" axis: 50 → 0.3, 90 → 1, 99 → 2, 99.9 → 3.
+/// The x of a percentile on a "nines" axis (HdrHistogram's 1/(1-q)): 0 → 0,
+/// 50 → 0.3, 90 → 1, 99 → 2, 99.9 → 3, 99.99 → 4.
 fn nines(q: f64) -> f64 {
     -(1.0 - q / 100.0).log10()
 }
@@ -57,12 +69,13 @@ fn percentile_svg(title: &str, current: &[(f64, f64, String)], base: &[(f64, f64
         let root = SVGBackend::with_string(&mut svg, (520, 260)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let ymax = current.iter().map(|c| c.1).chain(base.iter().map(|b| b.1)).fold(0.0f64, f64::max).max(1e-3) * 1.15;
+        let xmax = current.iter().map(|c| nines(c.0)).fold(3.0f64, f64::max) + 0.3;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 14))
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(48)
-            .build_cartesian_2d(0.0f64..3.3f64, 0.0f64..ymax)
+            .build_cartesian_2d(0.0f64..xmax, 0.0f64..ymax)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
@@ -91,6 +104,53 @@ fn percentile_svg(title: &str, current: &[(f64, f64, String)], base: &[(f64, f64
                 .label("baseline")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
         }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// A gated metric's history: the recorded runs (oldest first), the
+/// baseline value (their median) and this run's value.
+fn history_svg(title: &str, history: &[f64], baseline: f64, current: f64) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (420, 220)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let all = history.iter().copied().chain([baseline, current]);
+        let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| (l.min(x), h.max(x)));
+        let pad = ((hi - lo).abs() * 0.15).max(hi.abs() * 0.05).max(1e-9);
+        let n = history.len() as f64 + 1.0;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 13))
+            .margin(8)
+            .x_label_area_size(26)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0.5f64..n + 0.5, (lo - pad)..(hi + pad))
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("recorded runs, then this run").draw().map_err(|e| e.to_string())?;
+        let pts: Vec<(f64, f64)> = history.iter().enumerate().map(|(i, v)| (i as f64 + 1.0, *v)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), BLUE.stroke_width(1)))
+            .map_err(|e| e.to_string())?
+            .label("history")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, BLUE.filled()))).map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(vec![(0.5, baseline), (n + 0.5, baseline)], BLACK.mix(0.5)))
+            .map_err(|e| e.to_string())?
+            .label("baseline (median)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5)));
+        chart
+            .draw_series([Circle::new((n, current), 5, RED.filled())])
+            .map_err(|e| e.to_string())?
+            .label("this run")
+            .legend(|(x, y)| Circle::new((x + 8, y), 4, RED.filled()));
         chart
             .configure_series_labels()
             .border_style(BLACK)
@@ -241,6 +301,16 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
                 }
             }
         }
+        for m in t.metrics.iter().filter(|m| m.gated) {
+            let Some(b) = base.and_then(|b| b.get(&m.name)) else { continue };
+            let hist = if b.history.is_empty() { vec![b.value] } else { b.history.clone() };
+            match history_svg(&format!("{} (gated): history", m.name), &hist, b.value, m.value) {
+                Ok(svg) => h.push_str(&svg),
+                Err(e) => {
+                    let _ = write!(h, "<p>plot failed: {}</p>", escape(&e));
+                }
+            }
+        }
         let events: Vec<(f64, String)> = t.events.iter().map(|e| (e.at_ms / 1e3, e.label.clone())).collect();
         for (key, v) in &t.attachments {
             if let Some(tl) = as_timeline(v) {
@@ -258,7 +328,8 @@ pub(crate) fn render(s: &RunSummary, baselines: Option<&Baselines>) -> String {
             for m in &t.metrics {
                 let b =
                     base.and_then(|b| b.get(&m.name)).map(|b| format!("{:.4}", b.value)).unwrap_or_else(|| "-".into());
-                let _ = write!(h, "<tr><td>{}</td><td>{:.4}</td><td>{}</td></tr>", escape(&m.name), m.value, b);
+                let name = if m.gated { format!("{} (gated)", m.name) } else { m.name.clone() };
+                let _ = write!(h, "<tr><td>{}</td><td>{:.4}</td><td>{}</td></tr>", escape(&name), m.value, b);
             }
             h.push_str("</table>");
         }
@@ -333,5 +404,51 @@ mod tests {
         assert!(html.contains("fault start: latency") && html.contains("--seed 7"));
         let groups = percentile_groups(&record());
         assert_eq!(groups["steady"].iter().map(|g| g.0).collect::<Vec<_>>(), vec![50.0, 90.0, 99.0]);
+    }
+
+    #[test]
+    fn full_range_distribution_against_its_baseline_and_a_gated_history() {
+        let mut t = record();
+        t.attachments.clear();
+        for (sfx, v) in [("p0_ms", 0.2), ("p25_ms", 0.5), ("p75_ms", 1.5), ("p99_9_ms", 8.0), ("p99_99_ms", 20.0)] {
+            t.metrics.push(Metric::lower(format!("steady.{sfx}"), v));
+        }
+        t.metrics.push(Metric::gated("vs_driver.ops_ratio", crate::Direction::HigherIsBetter, vec![0.3, 0.31, 0.29]));
+        let groups = percentile_groups(&t);
+        let qs: Vec<f64> = groups["steady"].iter().map(|g| g.0).collect();
+        assert_eq!(qs, vec![0.0, 25.0, 50.0, 75.0, 90.0, 99.0, 99.9, 99.99]);
+        assert!((nines(99.99) - 4.0).abs() < 1e-9 && nines(0.0) == 0.0);
+        let mut b = Baselines::new();
+        let bl = |value: f64, history: Vec<f64>, gated| crate::baseline::Baseline {
+            value,
+            spread: 0.0,
+            direction: crate::Direction::LowerIsBetter,
+            tolerance: 0.1,
+            samples: 3,
+            history,
+            gated,
+        };
+        let e = b.entry(t.name.clone()).or_default();
+        e.insert("steady.p99_99_ms".into(), bl(12.0, vec![], false));
+        e.insert("steady.p50_ms".into(), bl(0.9, vec![], false));
+        e.insert("vs_driver.ops_ratio".into(), bl(0.45, vec![0.44, 0.45, 0.46], true));
+        let s = RunSummary {
+            format_version: 1,
+            started_unix_s: 0,
+            profile: "quick".into(),
+            seed: 7,
+            selection: "all tags".into(),
+            passed: 1,
+            failed: 0,
+            ignored: 0,
+            filtered_out: 0,
+            duration_ms: 20.0,
+            run: BTreeMap::new(),
+            tests: vec![t],
+        };
+        let html = render(&s, Some(&b));
+        assert_eq!(html.matches("<svg").count(), 2, "the distribution and the gated metric's history");
+        assert!(html.contains("p99.99") && html.contains("baseline"), "the percentile axis reaches p99.99");
+        assert!(html.contains("vs_driver.ops_ratio (gated): history") && html.contains("this run"));
     }
 }

@@ -53,7 +53,7 @@ pub fn register(r: &mut Registry) {
     // can make it regress.
     r.test("selftest_fixture::measured", &["fx_metric"], |ctx| async move {
         let v: f64 = std::env::var("POOLSTRESS_SELFTEST_VALUE").ok().and_then(|v| v.parse().ok()).unwrap_or(100.0);
-        ctx.record(poolstress_harness::Metric::from_samples(
+        ctx.record(poolstress_harness::Metric::gated(
             "latency_ms",
             poolstress_harness::Direction::LowerIsBetter,
             vec![v * 0.99, v, v * 1.01, v * 1.005, v * 0.995],

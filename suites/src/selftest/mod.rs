@@ -311,6 +311,11 @@ pub fn register(r: &mut Registry) {
             c.explain()
         );
         ensure!(c.stdout.contains("REGRESSED"), "the regression must still be shown: {}", c.explain());
+        ensure!(
+            c.stdout.contains("holds no baselines of this machine") && c.stdout.contains("baselines/quick.toml"),
+            "with no baselines of this machine the check must record this run's beside the reports: {}",
+            c.explain()
+        );
         let c = run_child(
             &with(&["--check-baselines"]),
             &[("POOLSTRESS_SELFTEST_VALUE", "125"), ("POOLSTRESS_BASELINE_ANY_MACHINE", "1")],

@@ -186,12 +186,17 @@ async fn pool_vs_direct(ctx: TestCtx, a: Adapter<Redis>) -> anyhow::Result<()> {
         d.latency.mean_ms,
         ratio * 100.0
     ));
-    // Pooled must be faster at all (no connection set-up per op): not a question of machine speed.
-    ensure!(
-        ratio < 1.0,
-        "{name}: an op through the pool took {:.3} ms on average, a new connection per op {:.3} ms: the pool is no faster",
-        p.latency.mean_ms,
-        d.latency.mean_ms
-    );
-    budget_max(&ctx, name, "pooled_to_direct_ratio", ratio, 0.5, 0.8, "x")
+    // Not a hard "pooled is faster": on loopback a new connection costs about
+    // as many round trips as a validated checkout (bb8 pings on every
+    // checkout), so under load the two cross (bb8-redis 0.139 ms vs 0.076 ms
+    // with a CPU hog). Whether a pool reuses its connections is judged server
+    // side by `connection_reuse`; this ratio is a number for the baselines,
+    // failing only when a pooled op costs 3x a fresh connection.
+    if ratio >= 1.0 {
+        ctx.note(format!(
+            "{name}: a pooled op took {:.0} % of a fresh connection's (validation round trips)",
+            ratio * 100.0
+        ));
+    }
+    budget_max(&ctx, name, "pooled_to_direct_ratio", ratio, 0.5, 3.0, "x")
 }
