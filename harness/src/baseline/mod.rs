@@ -133,11 +133,11 @@ pub fn markdown(rows: &[Comparison], file: &str) -> String {
 
 /// Measured baselines of every passed test, for `--update-baselines`: each
 /// metric's run value is appended to its stored history (the last
-/// [`HISTORY_WINDOW`] runs; the new value is their median). A run that is a
-/// step change against the stored baseline (it would be judged beyond
-/// tolerance and noise: an accepted regression or improvement) starts a new
-/// history, listed in the returned restarts, so the old level does not hold
-/// the gate for the next nine runs.
+/// [`HISTORY_WINDOW`] runs; the new value is their median). Once the history
+/// holds [`MIN_HISTORY`] runs, a run that is a step change against it (judged
+/// beyond tolerance and the history's noise: an accepted regression or
+/// improvement) starts a new history, listed in the returned restarts, so
+/// the old level does not hold the gate for the next nine runs.
 pub fn measured(summary: &RunSummary, stored: &Baselines) -> (Baselines, Vec<String>) {
     let mut out: Baselines = BTreeMap::new();
     let mut restarts = Vec::new();
@@ -153,7 +153,10 @@ pub fn measured(summary: &RunSummary, stored: &Baselines) -> (Baselines, Vec<Str
                 Some(o) if o.history.is_empty() => vec![o.value],
                 Some(o) => o.history.clone(),
             };
-            if let Some(o) = old {
+            // A step change needs a known noise: only a history of at least
+            // MIN_HISTORY runs can tell a new level from run-to-run spread
+            // (before that, every run is appended).
+            if let Some(o) = old.filter(|o| o.history.len() >= MIN_HISTORY) {
                 let v = compare(o, m).verdict;
                 if matches!(v, Verdict::Regressed | Verdict::Worse | Verdict::Improved) {
                     history.clear();
@@ -598,6 +601,14 @@ mod tests {
         let b = &stored["bench::x[p]"]["ratio"];
         assert!((b.value - crate::metric::median(&b.history)).abs() < 1e-12);
         // An accepted 40 % drop is a new level: the history starts again there.
+        // (A short history only appends: its noise is not known yet.)
+        let mut short = Baselines::new();
+        for v in [1.0, 0.6, 1.0] {
+            let (up, restarts) = measured(&run_with(vec![ratio(v)]), &short);
+            assert!(restarts.is_empty(), "{restarts:?}");
+            short = up;
+        }
+        assert_eq!(short["bench::x[p]"]["ratio"].history, vec![1.0, 0.6, 1.0]);
         let (up, restarts) = measured(&run_with(vec![ratio(0.6)]), &stored);
         assert_eq!(restarts.len(), 1, "{restarts:?}");
         assert!(restarts[0].contains("history restarted"), "{restarts:?}");
