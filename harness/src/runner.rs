@@ -280,7 +280,11 @@ fn make_trial(def: &TestDef, opts: &Options, run_seed: u64, records: Arc<Mutex<V
     let tags = def.tags.clone();
     let body = def.body.clone();
     let exclusive = def.is_exclusive();
-    let deadline = opts.deadline.or(def.deadline).unwrap_or_else(|| default_deadline(&def.tags, opts.profile));
+    // Waiting for the fleet's shared start time (`--start-at`) does not
+    // count against a test's deadline.
+    let start_wait = opts.start_at.and_then(|at| at.duration_since(SystemTime::now()).ok()).unwrap_or_default();
+    let deadline =
+        opts.deadline.or(def.deadline).unwrap_or_else(|| default_deadline(&def.tags, opts.profile)) + start_wait;
     let profile = opts.profile;
     let report_dir = opts.report_dir.clone();
     let static_skip = def.skip.clone();

@@ -149,16 +149,18 @@ pub fn merge(inputs: Vec<(PathBuf, RunSummary)>) -> Result<RunSummary, MergeErro
             continue;
         }
         let files = |i: usize| inputs[i].0.display().to_string();
+        if let (Some(seg), Some(whole)) =
+            (copies.iter().find(|(i, _)| segments[*i].is_some()), copies.iter().find(|(i, _)| segments[*i].is_none()))
+        {
+            return err(format!(
+                "test {name}: {} ran it as a segment of a fleet load but {} ran it whole; merge one or the other",
+                files(seg.0),
+                files(whole.0)
+            ));
+        }
         let mut parts: Vec<(Segment, String, TestRecord)> = Vec::new();
         for ((i, t), s) in copies.into_iter().zip(segs) {
-            let Some(s) = s else {
-                return err(format!(
-                    "test {name}: {} ran it as a segment of a fleet load but {} ran it whole; merge one or the other",
-                    parts.first().map(|p| p.1.clone()).unwrap_or_default(),
-                    files(i)
-                ));
-            };
-            parts.push((s, files(i), t));
+            parts.push((s.expect("every copy is a segment"), files(i), t));
         }
         parts.sort_by_key(|p| p.0.index());
         let n = parts[0].0.count();
@@ -626,8 +628,11 @@ mod tests {
         let s3 = (PathBuf::from("s3.json"), summary(vec![rec("f")], Some("3/3")));
         let e = merge(vec![s1.clone(), s3]).unwrap_err().0;
         assert!(e.contains("2/3 missing"), "{e}");
-        let e = merge(vec![s1.clone(), s1]).unwrap_err().0;
+        let e = merge(vec![s1.clone(), s1.clone()]).unwrap_err().0;
         assert!(e.contains("segment 1/3 is in both"), "{e}");
+        let whole = (PathBuf::from("whole.json"), summary(vec![rec("f")], None));
+        let e = merge(vec![whole, s1]).unwrap_err().0;
+        assert!(e.contains("s1.json ran it as a segment") && e.contains("whole.json ran it whole"), "{e}");
         let mut n = summary(vec![rec("q")], None);
         n.profile = "nightly".into();
         let e =
