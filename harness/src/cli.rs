@@ -1,9 +1,12 @@
 //! poolstress's own flags, taken out of the argument list before libtest-mimic
 //! parses the rest (its parser rejects flags it does not know).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use crate::{profile::Profile, tag};
+use crate::{load::Segment, profile::Profile, tag};
 
 /// poolstress's own options (everything libtest does not have).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +33,16 @@ pub struct Options {
     /// `--strict-baselines`: with `--check-baselines`, a metric without a
     /// baseline (or a baseline without a measurement) fails too.
     pub strict_baselines: bool,
+    /// `--segment i/n`: this process runs the i-th of n equal parts of every
+    /// open-loop phase's arrivals (load from many hosts; see
+    /// [`crate::load::fleet`]).
+    pub segment: Segment,
+    /// `--start-at <unix-ms>`: the wall-clock time the first open-loop phase
+    /// of this process anchors its timetable at (the fleet's shared start).
+    pub start_at: Option<SystemTime>,
+    /// `--merge PATH...`: merge these report.json files (directories: every
+    /// `*.json` under them) into one report instead of running tests.
+    pub merge: Vec<PathBuf>,
 }
 
 /// A command line or environment poolstress cannot run with.
@@ -46,6 +59,8 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("--report-dir", "POOLSTRESS_REPORT_DIR"),
     ("--seed", "POOLSTRESS_SEED"),
     ("--baseline-dir", "POOLSTRESS_BASELINE_DIR"),
+    ("--segment", "POOLSTRESS_SEGMENT"),
+    ("--start-at", "POOLSTRESS_START_AT"),
 ];
 
 /// Switches, with their env var (`1`/`true` turns them on).
@@ -70,11 +85,18 @@ poolstress options (on top of libtest's):
                         [env POOLSTRESS_REPORT_DIR]
     --seed N            replay a run's random choices [env POOLSTRESS_SEED]
     --update-baselines  rewrite the measured baseline keys [env POOLSTRESS_UPDATE_BASELINES]
-    --check-baselines   fail with exit code 5 on regression (default in nightly)
-                        [env POOLSTRESS_CHECK_BASELINES]
+    --check-baselines   fail with exit code 5 on regression (default in nightly;
+                        POOLSTRESS_CHECK_BASELINES=0 turns that off) [env POOLSTRESS_CHECK_BASELINES]
     --strict-baselines  with --check-baselines, a metric with no baseline fails too
                         [env POOLSTRESS_STRICT_BASELINES]
     --baseline-dir DIR  baseline files (default baselines) [env POOLSTRESS_BASELINE_DIR]
+    --segment I/N       run the I-th of N equal parts of every open-loop phase's arrivals
+                        (load from N hosts) [env POOLSTRESS_SEGMENT]
+    --start-at MS       Unix time in ms the first open-loop phase starts at, shared by
+                        every host [env POOLSTRESS_START_AT]
+    --merge PATH...     run no tests: merge report.json files (directories: every *.json
+                        under them) into report.json, junit.xml, report.html in
+                        --report-dir, checking baselines with --check-baselines
 exit codes: 0 ok, 2 usage, 3 fixture (service) failure, 4 no tests ran, 5 baseline
 regression, 101 test failure, 130 interrupted";
 
@@ -87,8 +109,23 @@ pub fn split_args(
     let mut values: Vec<(&'static str, String)> = Vec::new();
     let mut switches: Vec<&'static str> = Vec::new();
     let mut rest = Vec::new();
+    let mut merge = Vec::new();
+    let mut merging = false;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
+        if arg == "--merge" {
+            merging = true;
+            continue;
+        }
+        if let Some(p) = arg.strip_prefix("--merge=") {
+            merge.push(PathBuf::from(p));
+            continue;
+        }
+        if merging && !arg.starts_with('-') {
+            merge.push(PathBuf::from(arg));
+            continue;
+        }
+        merging = false;
         if let Some(&(flag, _)) = VALUE_FLAGS.iter().find(|(f, _)| arg == *f || arg.starts_with(&format!("{f}="))) {
             let v = match arg.split_once('=') {
                 Some((_, v)) => v.to_string(),
@@ -148,8 +185,20 @@ pub fn split_args(
         })?),
         None => None,
     };
+    let segment = match get("--segment") {
+        Some(s) => s.parse::<Segment>().map_err(|e| UsageError(format!("--segment: {e}")))?,
+        None => Segment::WHOLE,
+    };
+    let start_at = match get("--start-at") {
+        Some(s) => Some(parse_start_at(&s)?),
+        None => None,
+    };
     let update_baselines = switch("--update-baselines");
-    let check_baselines = switch("--check-baselines") || profile == Profile::Nightly;
+    // Nightly checks by default; POOLSTRESS_CHECK_BASELINES=0 turns that
+    // off (the shards of a sharded nightly leave the check to the merge).
+    let check_off = !switches.contains(&"--check-baselines")
+        && matches!(env("POOLSTRESS_CHECK_BASELINES").as_deref().map(str::trim), Some("0" | "false" | "no"));
+    let check_baselines = switch("--check-baselines") || (profile == Profile::Nightly && !check_off);
 
     let options = Options {
         selection,
@@ -162,8 +211,33 @@ pub fn split_args(
         check_baselines,
         baseline_dir: get("--baseline-dir").map(PathBuf::from).unwrap_or_else(default_baseline_dir),
         strict_baselines: switch("--strict-baselines"),
+        segment,
+        start_at,
+        merge,
     };
     Ok((options, rest))
+}
+
+/// `--start-at`: Unix time in milliseconds (`date +%s%3N`), at most a day ahead.
+fn parse_start_at(s: &str) -> Result<SystemTime, UsageError> {
+    let ms: u64 = s.trim().parse().map_err(|_| {
+        UsageError(format!(
+            "--start-at \"{s}\" is not a Unix time in milliseconds (e.g. `--start-at $(( $(date +%s%3N) + 30000 ))` \
+             for 30 s from now; give every host the same value)"
+        ))
+    })?;
+    if ms < 1_000_000_000_000 {
+        return Err(UsageError(format!(
+            "--start-at {ms} looks like Unix seconds or a duration: give Unix milliseconds (`date +%s%3N`)"
+        )));
+    }
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    if at.duration_since(SystemTime::now()).is_ok_and(|d| d > Duration::from_secs(86_400)) {
+        return Err(UsageError(format!(
+            "--start-at {ms} is more than a day ahead of this host's clock: check the value (Unix milliseconds) and the clock"
+        )));
+    }
+    Ok(at)
 }
 
 fn parse_secs(s: &str) -> Option<Duration> {
@@ -261,6 +335,12 @@ mod tests {
         assert_eq!(o.selection.include, set(&["layer_1", "layer_2"]));
         assert_eq!(o.profile, Profile::Nightly);
         assert!(o.check_baselines, "nightly checks baselines by default");
+        let (o, _) = split(&[], &[("POOLSTRESS_PROFILE", "nightly"), ("POOLSTRESS_CHECK_BASELINES", "0")]).unwrap();
+        assert!(!o.check_baselines, "an explicit 0 turns nightly's default off");
+        let (o, _) =
+            split(&["--check-baselines"], &[("POOLSTRESS_PROFILE", "nightly"), ("POOLSTRESS_CHECK_BASELINES", "0")])
+                .unwrap();
+        assert!(o.check_baselines, "the flag wins over the env var");
     }
 
     #[test]
@@ -300,6 +380,33 @@ mod tests {
             (&["--profile", "fast"][..], "quick, nightly"),
             (&["--seed", "x"][..], "unsigned integer"),
             (&["--deadline", "-1"][..], "number of seconds"),
+        ] {
+            let e = split(args, &[]).unwrap_err();
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn segment_start_at_and_merge() {
+        let (o, rest) = split(
+            &["--segment", "2/3", "--start-at=1700000000000", "--merge", "a.json", "dir", "--check-baselines"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(o.segment.to_string(), "2/3");
+        assert_eq!(o.start_at, Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)));
+        assert_eq!(o.merge, vec![PathBuf::from("a.json"), PathBuf::from("dir")]);
+        assert!(o.check_baselines && rest.is_empty());
+        let (o, _) = split(&[], &[("POOLSTRESS_SEGMENT", "3/3")]).unwrap();
+        assert_eq!(o.segment.index(), 3);
+        let (o, _) = split(&[], &[]).unwrap();
+        assert!(o.segment.is_whole() && o.start_at.is_none() && o.merge.is_empty());
+        for (args, needle) in [
+            (&["--segment", "4/3"][..], "1/3, 2/3 or 3/3"),
+            (&["--segment", "x"][..], "is not i/n"),
+            (&["--start-at", "soon"][..], "milliseconds"),
+            (&["--start-at", "1800000000"][..], "looks like Unix seconds"),
+            (&["--start-at", "99999999999999"][..], "more than a day ahead"),
         ] {
             let e = split(args, &[]).unwrap_err();
             assert!(e.0.contains(needle), "{args:?}: {e}");

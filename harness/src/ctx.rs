@@ -9,7 +9,7 @@ use std::{
 
 use parking_lot::Mutex;
 use rand::{rngs::StdRng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{metric::Metric, profile::Profile};
 
@@ -36,7 +36,7 @@ pub struct Skipped(pub String);
 pub struct FixtureFailure(pub String);
 
 /// An event on the test's timeline (a fault started or healed, a phase began).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Time since the test started, in milliseconds.
     pub at_ms: f64,

@@ -11,13 +11,22 @@ pub(crate) struct TestLock {
 }
 
 /// `POOLSTRESS_LOCK_FILE` moves the lock (a nested run of the harness, as
-/// the self-tests start, must not wait on its parent's lock).
+/// the self-tests start, must not wait on its parent's lock). A process
+/// running one segment of a fleet load (`--segment i/n`) has a lock of its
+/// segment's: the segments of one exclusive benchmark on one machine run
+/// side by side, as they must to share a start time.
 fn lock_path() -> PathBuf {
     if let Some(p) = std::env::var_os("POOLSTRESS_LOCK_FILE") {
         return PathBuf::from(p);
     }
     let uid = unsafe { libc::geteuid() };
-    std::env::temp_dir().join(format!("poolstress-{uid}.lock"))
+    let seg = crate::load::fleet::segment();
+    let name = if seg.is_whole() {
+        format!("poolstress-{uid}.lock")
+    } else {
+        format!("poolstress-{uid}-segment-{}-of-{}.lock", seg.index(), seg.count())
+    };
+    std::env::temp_dir().join(name)
 }
 
 impl TestLock {

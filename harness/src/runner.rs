@@ -81,6 +81,9 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
             return exit::USAGE;
         }
     };
+    if !opts.merge.is_empty() {
+        return merge_mode(&opts, &rest);
+    }
     let argv = std::iter::once("stress".to_string()).chain(rest);
     let args = match Arguments::try_parse_from(argv) {
         Ok(a) => a,
@@ -129,6 +132,13 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
             opts.selection.describe(),
             opts.report_dir.display()
         );
+    }
+    crate::load::fleet::set(opts.segment, opts.start_at);
+    if !opts.segment.is_whole() {
+        report::run_fact("segment", opts.segment.to_string());
+    }
+    if let Some(at) = opts.start_at {
+        report::run_fact("start_at_unix_ms", at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0));
     }
     report::run_fact("build.harness_opt_level", HARNESS_OPT_LEVEL);
     report::run_fact("build.harness_profile", env!("POOLSTRESS_HARNESS_PROFILE"));
@@ -270,7 +280,11 @@ fn make_trial(def: &TestDef, opts: &Options, run_seed: u64, records: Arc<Mutex<V
     let tags = def.tags.clone();
     let body = def.body.clone();
     let exclusive = def.is_exclusive();
-    let deadline = opts.deadline.or(def.deadline).unwrap_or_else(|| default_deadline(&def.tags, opts.profile));
+    // Waiting for the fleet's shared start time (`--start-at`) does not
+    // count against a test's deadline.
+    let start_wait = opts.start_at.and_then(|at| at.duration_since(SystemTime::now()).ok()).unwrap_or_default();
+    let deadline =
+        opts.deadline.or(def.deadline).unwrap_or_else(|| default_deadline(&def.tags, opts.profile)) + start_wait;
     let profile = opts.profile;
     let report_dir = opts.report_dir.clone();
     let static_skip = def.skip.clone();
@@ -427,7 +441,9 @@ fn run_seed() -> u64 {
 }
 
 fn write_reports(opts: &Options, summary: &RunSummary, quiet: bool) {
-    // Under nextest every test is its own process: keep one report per process.
+    // Under nextest every test is its own process: keep one report per
+    // process, named after its test (`--merge <report-dir>/nextest/<run-id>`
+    // combines them).
     let (dir, json_name) = match std::env::var("NEXTEST_RUN_ID") {
         Ok(id) => {
             let first = summary.tests.first().map(|t| crate::ctx::slug(&t.name)).unwrap_or_else(|| "empty".into());
@@ -435,6 +451,17 @@ fn write_reports(opts: &Options, summary: &RunSummary, quiet: bool) {
         }
         Err(_) => (opts.report_dir.clone(), None),
     };
+    write_reports_to(opts, summary, quiet, &dir, json_name);
+}
+
+#[cfg_attr(not(feature = "html"), allow(unused_variables))]
+fn write_reports_to(
+    opts: &Options,
+    summary: &RunSummary,
+    quiet: bool,
+    dir: &std::path::Path,
+    json_name: Option<String>,
+) {
     let mut reporters: Vec<Box<dyn Reporter>> = vec![Box::new(JsonReporter { file_name: json_name.clone() })];
     if json_name.is_none() {
         reporters.push(Box::new(JunitReporter));
@@ -450,10 +477,83 @@ fn write_reports(opts: &Options, summary: &RunSummary, quiet: bool) {
         reporters.push(Box::new(ScorecardReporter));
     }
     for mut r in reporters {
-        match r.run_finished(summary, &dir) {
+        match r.run_finished(summary, dir) {
             Ok(Some(path)) if !quiet => eprintln!("poolstress: {} report: {}", r.name(), path.display()),
             Ok(_) => {}
             Err(e) => eprintln!("poolstress: could not write the {} report to {}: {e}", r.name(), dir.display()),
         }
     }
+}
+
+/// `--merge PATH...`: no tests run; the reports are merged into one
+/// report.json / junit.xml / report.html (and the rest) in the report dir,
+/// the baselines checked on the merged result, and the exit code is the one
+/// a run with those results would have had.
+fn merge_mode(opts: &Options, rest: &[String]) -> u8 {
+    use crate::report::merge;
+    if !rest.is_empty() {
+        eprintln!(
+            "error: --merge takes report.json files and directories, not a test filter or libtest flag (got {}); \
+             put other poolstress flags (--report-dir, --check-baselines, --profile) before --merge",
+            rest.join(" ")
+        );
+        return exit::USAGE;
+    }
+    let out = opts.report_dir.join("report.json");
+    let fail = |e: merge::MergeError| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    };
+    let files = match merge::collect_inputs(&opts.merge, &out) {
+        Ok(f) if f.is_empty() => {
+            return fail(merge::MergeError("--merge: no report to merge (the only one given is the output)".into()))
+        }
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let mut inputs = Vec::with_capacity(files.len());
+    for f in files {
+        match merge::read_report(&f) {
+            Ok(s) => inputs.push((f, s)),
+            Err(e) => return fail(e),
+        }
+    }
+    let n = inputs.len();
+    let mut summary = match merge::merge(inputs) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if summary.profile != opts.profile.to_string() {
+        eprintln!(
+            "poolstress: note: the reports are of profile {}, this merge checks {}'s baselines (pass --profile {})",
+            summary.profile, opts.profile, summary.profile
+        );
+    }
+    let suite_time = report::scorecard::suite_times(&summary.tests);
+    summary.run.insert("suite_time".into(), serde_json::to_value(suite_time).unwrap_or_default());
+    if let Some(v) = crate::baseline::verdicts(opts, &summary) {
+        summary.run.insert("baselines".into(), serde_json::to_value(v).unwrap_or_default());
+    }
+    eprintln!(
+        "poolstress: merged {n} report(s): {} tests ({} passed, {} failed, {} skipped or ignored) into {}",
+        summary.tests.len(),
+        summary.passed,
+        summary.failed,
+        summary.ignored,
+        opts.report_dir.display()
+    );
+    write_reports_to(opts, &summary, false, &opts.report_dir, None);
+    if summary.tests.is_empty() && !opts.allow_empty {
+        eprintln!("error: the merged reports hold no test (pass --allow-empty if that is intended)");
+        return exit::NO_TESTS;
+    }
+    let post = crate::baseline::post_run(opts, &summary);
+    let failed: Vec<&TestRecord> = summary.tests.iter().filter(|t| t.outcome == Outcome::Failed).collect();
+    if !failed.is_empty() {
+        for t in &failed {
+            eprintln!("poolstress: failed: {}", t.name);
+        }
+        return if failed.iter().all(|t| t.fixture_failure) { exit::FIXTURE_FAILURE } else { exit::TEST_FAILURE };
+    }
+    post.unwrap_or(exit::SUCCESS)
 }

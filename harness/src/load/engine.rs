@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use parking_lot::Mutex;
@@ -25,6 +25,7 @@ use super::{
     phase::{Pacing, Phase, Shape},
     recorder::{Merged, Recorder, TimelineAcc},
     schedule::Rate,
+    Segment,
 };
 use crate::{
     class::Classify,
@@ -51,7 +52,24 @@ pub enum LoadError {
         /// The panic's message.
         message: String,
     },
+    /// The fleet's shared start time (`--start-at`) had passed by more than
+    /// [`START_TOLERANCE`] when the phase was ready to start.
+    #[error(
+        "load phase \"{phase}\": the shared start time passed {late:.1?} before this process was ready \
+         (set --start-at / POOLSTRESS_START_AT later than every process's set-up, e.g. `$(( $(date +%s%3N) + 60000 ))`)"
+    )]
+    StartMissed {
+        /// The phase.
+        phase: String,
+        /// How long ago the start time was.
+        late: Duration,
+    },
 }
+
+/// How late a process may reach the fleet's shared start time: its first
+/// arrivals are then sent late (and show in `send_lag` and latency); later
+/// than this, the phase fails with [`LoadError::StartMissed`].
+pub const START_TOLERANCE: Duration = Duration::from_secs(1);
 
 /// Ops a worker runs back to back (when they never wait) before it yields
 /// to the scheduler, so timers and other tasks still run.
@@ -142,6 +160,8 @@ async fn pace(mut sleep: Pin<&mut Sleep>, intended: Instant, pacing: Pacing) {
 struct OpenParams {
     rate: Rate,
     pacing: Pacing,
+    segment: Segment,
+    /// This segment's share of the op bound.
     max_ops: u64,
     max_duration: Duration,
     grace: Duration,
@@ -168,11 +188,13 @@ async fn open_worker<F, Fut, T, E>(
     tokio::pin!(sleep);
     let mut since_yield = 0u32;
     loop {
-        // The next free slot on the shared timetable.
-        let k = next.fetch_add(1, Ordering::Relaxed);
-        if k >= p.max_ops {
+        // The next free slot on the shared timetable (this segment's m-th
+        // arrival is the whole timetable's k-th).
+        let m = next.fetch_add(1, Ordering::Relaxed);
+        if m >= p.max_ops {
             break;
         }
+        let k = p.segment.global(m);
         let Some(off) = p.rate.offset(k) else { break };
         if off >= p.max_duration {
             break;
@@ -241,16 +263,55 @@ async fn join_until<O: 'static>(set: &mut JoinSet<O>, hard: Instant) -> (Option<
     (panic, hit, outs)
 }
 
-/// Starts a phase: step, event, the instant it starts and its ms since the test started.
-fn begin(phase: &Phase, ctx: &TestCtx) -> (Instant, f64) {
+/// Starts a phase: step, event, the instant it starts and its ms since the
+/// test started. `at`: the instant its timetable is anchored at (a shared
+/// start time), else now.
+fn begin(phase: &Phase, ctx: &TestCtx, at: Option<Instant>) -> (Instant, f64) {
+    let seg = if phase.segment.is_whole() { String::new() } else { format!(", segment {}", phase.segment) };
     ctx.step(format!(
-        "load phase {}: {}, up to {} ops in {:?}",
-        phase.name, phase.shape, phase.limit.max_ops, phase.limit.max_duration
+        "load phase {}: {}, up to {} ops in {:?}{seg}",
+        phase.name,
+        phase.shape,
+        phase.limit().max_ops,
+        phase.limit.max_duration
     ));
-    let t0 = Instant::now();
+    let t0 = at.unwrap_or_else(Instant::now);
     let at_ms = ctx.elapsed().as_secs_f64() * 1e3;
     ctx.event(format!("phase {} start", phase.name));
     (t0, at_ms)
+}
+
+/// Wall-clock Unix ms of `t` (an instant of this process's clock).
+fn unix_ms(t: Instant) -> f64 {
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1e3;
+    let now = Instant::now();
+    if t <= now {
+        wall - now.duration_since(t).as_secs_f64() * 1e3
+    } else {
+        wall + t.duration_since(now).as_secs_f64() * 1e3
+    }
+}
+
+/// Waits for the shared start time `at`; returns the instant it corresponds
+/// to (in the past by up to [`START_TOLERANCE`] if this process was late).
+async fn wait_for_start(phase: &Phase, ctx: &TestCtx, at: SystemTime) -> Result<Instant, LoadError> {
+    let now = Instant::now();
+    match at.duration_since(SystemTime::now()) {
+        Ok(wait) => {
+            ctx.step(format!("load phase {}: waiting {wait:.1?} for the fleet's shared start time", phase.name));
+            let t = now + wait;
+            tokio::time::sleep_until(t).await;
+            Ok(t)
+        }
+        Err(e) => {
+            let late = e.duration();
+            if late > START_TOLERANCE {
+                return Err(LoadError::StartMissed { phase: phase.name.clone(), late });
+            }
+            ctx.event(format!("phase {} reached the shared start time {late:.1?} late", phase.name));
+            Ok(now.checked_sub(late).unwrap_or(now))
+        }
+    }
 }
 
 fn events_since(ctx: &TestCtx, at_ms: f64) -> Vec<crate::Event> {
@@ -289,11 +350,13 @@ where
     let out = Arc::new(Mutex::new(Vec::with_capacity(workers)));
     let (tx, rx) = watch::channel(None::<Instant>);
     let next = Arc::new(AtomicU64::new(0));
+    let segment = phase.segment;
     let params = open.map(|(rate, pacing)| {
         Arc::new(OpenParams {
             rate,
             pacing,
-            max_ops: limit.max_ops,
+            segment,
+            max_ops: segment.share_of(limit.max_ops),
             max_duration: limit.max_duration,
             grace: phase.grace,
         })
@@ -315,7 +378,13 @@ where
         }
     }
     drop(rx);
-    let (t0, at_ms) = begin(phase, ctx);
+    // Only an open-loop phase takes the shared start time.
+    let start_at = if open.is_some() { phase.start_at.or_else(super::fleet::take_start_at) } else { None };
+    let anchor = match start_at {
+        Some(at) => Some(wait_for_start(phase, ctx, at).await?),
+        None => None,
+    };
+    let (t0, at_ms) = begin(phase, ctx, anchor);
     tx.send_replace(Some(t0));
     let (panic, hit, _) = join_until(&mut set, t0 + limit.max_duration + phase.grace).await;
     if let Some(message) = panic {
@@ -337,7 +406,8 @@ where
             } else {
                 limit.max_duration
             };
-            (due.min(limit.max_ops).saturating_sub(m.started), Some(p.rate.mean_over(window)))
+            let mine = p.segment.share_of(due.min(limit.max_ops));
+            (mine.saturating_sub(m.started), Some(p.rate.mean_over(window) * p.segment.fraction()))
         }
         None => (0, None),
     };
@@ -352,6 +422,8 @@ where
         target_rate,
         open: open.is_some(),
         events: events_since(ctx, at_ms),
+        started_unix_ms: unix_ms(t0),
+        segment: (open.is_some() && !segment.is_whole()).then(|| segment.to_string()),
     };
     Ok(PhaseStats::build(inputs, m, tl))
 }
@@ -392,7 +464,7 @@ where
         });
     }
     drop(rx);
-    let (t0, at_ms) = begin(phase, ctx);
+    let (t0, at_ms) = begin(phase, ctx, None);
     tx.send_replace(Some(t0));
     let (panic, hit, outs) = join_until(&mut set, t0 + phase.limit.max_duration + phase.grace).await;
     if let Some(message) = panic {
@@ -430,6 +502,8 @@ where
         target_rate: None,
         open: false,
         events: events_since(ctx, at_ms),
+        started_unix_ms: unix_ms(t0),
+        segment: None,
     };
     Ok(PhaseStats::build(inputs, m, tl))
 }

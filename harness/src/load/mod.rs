@@ -37,12 +37,14 @@
 //! ```
 
 mod engine;
+pub mod fleet;
 mod op;
 mod phase;
 pub(crate) mod recorder;
 mod schedule;
 
-pub use engine::LoadError;
+pub use engine::{LoadError, START_TOLERANCE};
+pub use fleet::Segment;
 pub use op::{OpDone, OpError, OpTimer};
 pub use phase::{Limit, Pacing, Phase, Plan, Shape, Spike, DEFAULT_BUCKET, DEFAULT_GRACE, DEFAULT_IN_FLIGHT};
 pub use schedule::Rate;

@@ -1,9 +1,13 @@
 //! Load shapes: a [`Phase`] is one shape with its bounds; a [`Plan`] is a
 //! sequence of phases (spike, step and soak are plans).
 
-use std::{fmt, future::Future, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    time::{Duration, SystemTime},
+};
 
-use super::{engine, op::OpDone, schedule::Rate, LoadError, OpTimer};
+use super::{engine, fleet, op::OpDone, schedule::Rate, LoadError, OpTimer, Segment};
 use crate::{class::Classify, metrics::PhaseStats, metrics::Report, TestCtx};
 
 /// Every phase's two bounds: it stops after `max_ops` ops or `max_duration`,
@@ -105,11 +109,16 @@ pub struct Phase {
     pub(crate) limit: Limit,
     pub(crate) grace: Duration,
     pub(crate) bucket: Duration,
+    pub(crate) segment: Segment,
+    pub(crate) start_at: Option<SystemTime>,
 }
 
 impl Phase {
     fn new(name: impl Into<String>, shape: Shape, limit: Limit) -> Self {
-        Phase { name: name.into(), shape, limit, grace: DEFAULT_GRACE, bucket: DEFAULT_BUCKET }
+        // Open loop takes this process's segment of a fleet's arrivals
+        // (`--segment`); other shapes run whole on every process.
+        let segment = if matches!(shape, Shape::Open { .. }) { fleet::segment() } else { Segment::WHOLE };
+        Phase { name: name.into(), shape, limit, grace: DEFAULT_GRACE, bucket: DEFAULT_BUCKET, segment, start_at: None }
     }
 
     /// `ops` ops at once (one task each, released together); all must end
@@ -199,9 +208,46 @@ impl Phase {
         &self.shape
     }
 
-    /// Its bounds.
+    /// Its bounds, for this process: on a segment of a fleet's open-loop
+    /// load, `max_ops` is the segment's share of the arrivals the whole
+    /// phase has due (within its op bound and duration), so `started +
+    /// missed == limit().max_ops` holds on every process.
     pub fn limit(&self) -> Limit {
-        self.limit
+        match &self.shape {
+            Shape::Open { rate, .. } if !self.segment.is_whole() => {
+                let due = if rate.validate().is_ok() { rate.due_before(self.limit.max_duration) } else { 0 };
+                Limit { max_ops: self.segment.share_of(due.min(self.limit.max_ops)), ..self.limit }
+            }
+            _ => self.limit,
+        }
+    }
+
+    /// Open loop: runs this process's segment of the arrivals (default: the
+    /// process's `--segment`, else the whole). The timetable, the op bound
+    /// ([`Phase::max_ops`]) and the rate stay the whole fleet's; this process
+    /// starts arrivals `i - 1`, `i - 1 + n`, ... of it. No effect on other shapes.
+    pub fn segment(mut self, segment: Segment) -> Self {
+        if matches!(self.shape, Shape::Open { .. }) {
+            self.segment = segment;
+        }
+        self
+    }
+
+    /// Its segment ([`Segment::WHOLE`] unless split).
+    pub fn segment_of(&self) -> Segment {
+        self.segment
+    }
+
+    /// Open loop: anchors the timetable at wall-clock `at` (the fleet's
+    /// shared start time), waiting until then; a start time that passed over
+    /// a second before the phase was ready fails it with
+    /// [`LoadError::StartMissed`]. Default: the process's `--start-at`, taken
+    /// by its first open-loop phase. No effect on other shapes.
+    pub fn start_at(mut self, at: SystemTime) -> Self {
+        if matches!(self.shape, Shape::Open { .. }) {
+            self.start_at = Some(at);
+        }
+        self
     }
 
     pub(crate) fn validate(&self) -> Result<(), LoadError> {

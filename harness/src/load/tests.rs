@@ -358,3 +358,79 @@ async fn real_clock_open_loop_keeps_its_rate() {
     // Generous: a loaded CI machine may add a few ms at the end.
     stats.check_rate(0.05).unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn segments_of_an_open_loop_split_its_timetable_exactly() {
+    use std::sync::{Arc, Mutex};
+    // 1000/s for 1 s, and the same with a fleet-wide op bound of 10.
+    for (bound, shares) in [(None, [334u64, 333, 333]), (Some(10), [4, 3, 3])] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut target = 0.0;
+        for i in 1..=3u32 {
+            let seg = Segment::new(i, 3).unwrap();
+            let mut phase = Phase::open("fleet", 1_000.0, Duration::from_secs(1)).segment(seg);
+            if let Some(n) = bound {
+                phase = phase.max_ops(n);
+            }
+            assert_eq!(phase.limit().max_ops, shares[i as usize - 1], "segment {seg}, bound {bound:?}");
+            let s = seen.clone();
+            let stats = phase
+                .run(&ctx(), move |t: OpTimer| {
+                    s.lock().unwrap().push(t.seq());
+                    async { Ok::<_, OpError>(()) }
+                })
+                .await
+                .unwrap();
+            assert_eq!(stats.started + stats.missed, phase.limit().max_ops);
+            assert_eq!((stats.ok, stats.missed), (shares[i as usize - 1], 0));
+            assert_eq!(stats.segment.as_deref(), Some(seg.to_string().as_str()));
+            assert!(stats.histograms.get("latency").is_some_and(|h| h.len() == stats.ok));
+            target += stats.target_rate_ops_s.unwrap();
+        }
+        let mut all = seen.lock().unwrap().clone();
+        all.sort_unstable();
+        let whole = bound.unwrap_or(1000);
+        assert_eq!(all, (0..whole).collect::<Vec<_>>(), "every arrival of the whole timetable, once");
+        assert!((target - 1000.0).abs() < 1e-9, "the segments' targets add up to the rate: {target}");
+    }
+    // Closed loops are not split.
+    let p = Phase::closed("c", 2, Limit::new(10, HOUR)).segment(Segment::new(2, 3).unwrap());
+    assert_eq!((p.limit().max_ops, p.segment_of()), (10, Segment::WHOLE));
+}
+
+#[tokio::test]
+async fn a_shared_start_time_anchors_the_timetable_and_a_missed_one_fails() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let at = SystemTime::now() + Duration::from_millis(300);
+    let at_ms = at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1e3;
+    let c = ctx();
+    let stats = Phase::open("fleet", 100.0, Duration::from_millis(100))
+        .start_at(at)
+        .run(&c, |_t: OpTimer| async { Ok::<_, OpError>(()) })
+        .await
+        .unwrap();
+    assert!(SystemTime::now() >= at);
+    assert!(
+        (stats.started_unix_ms - at_ms).abs() < 5.0,
+        "started {} ms, shared start {at_ms} ms",
+        stats.started_unix_ms
+    );
+    assert_eq!(stats.ok, 10);
+    // A little late: it starts, anchored in the past, and says so.
+    let late = SystemTime::now() - Duration::from_millis(200);
+    let stats = Phase::open("late", 100.0, Duration::from_millis(100))
+        .start_at(late)
+        .run(&c, |_t: OpTimer| async { Ok::<_, OpError>(()) })
+        .await
+        .unwrap();
+    assert_eq!(stats.ok, 10);
+    assert!(c.events().iter().any(|e| e.label.contains("shared start time") && e.label.contains("late")));
+    // Far too late: an error saying what to do.
+    let e = Phase::open("missed", 100.0, Duration::from_millis(100))
+        .start_at(SystemTime::now() - Duration::from_secs(5))
+        .run(&c, |_t: OpTimer| async { Ok::<_, OpError>(()) })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("shared start time passed") && e.contains("--start-at"), "{e}");
+}

@@ -10,11 +10,13 @@
 //! `.op.*_ms`, `.service.*_ms`, `.send_lag.*_ms`, `.send_rate_ops_s`, `.missed`.
 
 mod check;
+pub mod hist;
 mod resource;
 mod series;
 mod stats;
 
 pub use check::{check_at_least, check_at_most, BudgetExceeded};
+pub use hist::PhaseHistograms;
 pub use resource::{process_snapshot, MonitorBuilder, ProcessSnapshot, ResourceMonitor, ResourceSample};
 pub use series::{mean, stddev, variance, Growth, Plateau, Point, Series, Unit};
 pub use stats::{

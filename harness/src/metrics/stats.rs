@@ -7,7 +7,7 @@ use std::{fmt, ops::Deref, time::Duration};
 use hdrhistogram::Histogram;
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
-use super::fmt_num;
+use super::{fmt_num, PhaseHistograms};
 use crate::{class::ErrorClass, ctx::Event, metric::Metric, TestCtx};
 
 const CLASSES: usize = ErrorClass::ALL.len();
@@ -345,6 +345,20 @@ pub struct PhaseStats {
     /// Success latencies, ns.
     #[serde(skip)]
     pub histogram: LatencyHistogram,
+    /// Wall-clock time the phase started (its timetable's origin), Unix ms:
+    /// with `--start-at`, the shared start time. Merging reports of several
+    /// processes uses it for their common window.
+    pub started_unix_ms: f64,
+    /// Open loop on a process running one segment of a fleet's load
+    /// (`--segment 2/3`): the segment. Its counts, rates and histograms are
+    /// that process's share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// Every latency histogram of the phase (`latency`, and where measured
+    /// `error_latency`, `service`, `send_lag`, `acquire`, `op_time`), in
+    /// HdrHistogram's V2 compressed form, base64: reports merge exactly.
+    #[serde(skip_serializing_if = "PhaseHistograms::is_empty")]
+    pub histograms: PhaseHistograms,
 }
 
 /// The inputs [`PhaseStats`] is built from (engine-side).
@@ -358,6 +372,8 @@ pub(crate) struct PhaseInputs {
     pub(crate) target_rate: Option<f64>,
     pub(crate) open: bool,
     pub(crate) events: Vec<Event>,
+    pub(crate) started_unix_ms: f64,
+    pub(crate) segment: Option<String>,
 }
 
 impl PhaseStats {
@@ -403,6 +419,21 @@ impl PhaseStats {
                 }
             })
             .collect();
+        let mut histograms = std::collections::BTreeMap::new();
+        if !m.ok.is_empty() {
+            histograms.insert("latency".to_string(), m.ok.clone());
+        }
+        for (name, h) in [
+            ("error_latency", &m.err),
+            ("service", &m.service),
+            ("send_lag", &m.lag),
+            ("acquire", &m.acquire),
+            ("op_time", &m.op_time),
+        ] {
+            if let Some(h) = h {
+                histograms.insert(name.to_string(), h.clone());
+            }
+        }
         PhaseStats {
             name: inp.name,
             shape: inp.shape,
@@ -426,6 +457,9 @@ impl PhaseStats {
             timeline,
             events: inp.events,
             histogram: LatencyHistogram(m.ok),
+            started_unix_ms: inp.started_unix_ms,
+            segment: inp.segment,
+            histograms: PhaseHistograms(histograms),
         }
     }
 

@@ -6,6 +6,7 @@ mod html;
 mod json;
 mod junit;
 pub mod layers;
+pub mod merge;
 pub mod scorecard;
 
 use std::{
@@ -14,9 +15,12 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{ctx::Event, metric::Metric};
+use crate::{
+    ctx::Event,
+    metric::{Direction, Metric},
+};
 
 #[cfg(feature = "html")]
 pub use html::HtmlReporter;
@@ -26,7 +30,7 @@ pub use layers::LayersReporter;
 pub use scorecard::ScorecardReporter;
 
 /// How a test ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Ran and passed.
@@ -40,7 +44,7 @@ pub enum Outcome {
 }
 
 /// One test's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestRecord {
     /// Instance name.
     pub name: String,
@@ -52,28 +56,62 @@ pub struct TestRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Whether the failure was a fixture that could not be provided.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fixture_failure: bool,
     /// Wall time.
     pub duration_ms: f64,
     /// The test's seed.
     pub seed: u64,
     /// Named metrics the test recorded.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "de_metrics")]
     pub metrics: Vec<Metric>,
     /// Timeline events (faults, phases).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
     /// Structured data (timelines, per-phase stats).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attachments: BTreeMap<String, serde_json::Value>,
     /// Notes (fault schedules, findings).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
 
+/// Metrics as report.json writes them (`samples` omitted when empty, a
+/// non-finite value as `null`).
+fn de_metrics<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Metric>, D::Error> {
+    #[derive(Deserialize)]
+    struct In {
+        name: String,
+        value: Option<f64>,
+        direction: String,
+        #[serde(default)]
+        samples: Vec<Option<f64>>,
+    }
+    let v: Vec<In> = Vec::deserialize(d)?;
+    v.into_iter()
+        .map(|m| {
+            let direction = match m.direction.as_str() {
+                "lowerisbetter" => Direction::LowerIsBetter,
+                "higherisbetter" => Direction::HigherIsBetter,
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "metric {}: direction \"{other}\" is neither \"lowerisbetter\" nor \"higherisbetter\"",
+                        m.name
+                    )))
+                }
+            };
+            Ok(Metric {
+                name: m.name,
+                value: m.value.unwrap_or(f64::NAN),
+                direction,
+                samples: m.samples.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect(),
+            })
+        })
+        .collect()
+}
+
 /// The whole run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     /// Report format version.
     pub format_version: u32,
@@ -96,6 +134,7 @@ pub struct RunSummary {
     /// Wall time of the run.
     pub duration_ms: f64,
     /// Facts about the run itself (service start-up times, backend, versions).
+    #[serde(default)]
     pub run: BTreeMap<String, serde_json::Value>,
     /// Every test that was selected.
     pub tests: Vec<TestRecord>,

@@ -1,7 +1,8 @@
 //! Benchmarks of the harness itself (tags `benchmark`, `layer_1`; exclusive):
 //! how many ops/s the load generator drives through a no-op target, how
 //! closely open loop keeps its timetable, and that its latency is corrected
-//! for coordinated omission. Numbers are recorded as metrics; only the
+//! for coordinated omission; and `open_loop_redis` (`layer_3`, `redis`): open
+//! loop against a real server, the fleet scenario of `--segment`. Numbers are recorded as metrics; only the
 //! coordinated-omission check and accounting are hard assertions, plus
 //! generous floors that catch a harness made 20x slower.
 
@@ -205,4 +206,47 @@ pub fn register(r: &mut Registry) {
         open_loop_rate,
     );
     r.test("harness_bench::coordinated_omission", TAGS, coordinated_omission);
+    #[cfg(feature = "redis")]
+    r.test("harness_bench::open_loop_redis", &[tag::BENCHMARK, tag::LAYER_3, tag::REDIS], open_loop_redis);
+}
+
+/// Open loop against a real Redis server: PINGs at 3000/s on one
+/// multiplexed connection (no pool), 3 s (nightly 10 s). The fleet
+/// scenario: on `--segment i/n` each process sends its share of the rate
+/// and `--merge` gives the fleet's achieved rate and exact percentiles
+/// (docs/scale.md). Hard: every arrival accounted for, no error, none missed.
+/// Recorded: `load.*` (achieved rate, latency from each slot, send lag).
+#[cfg(feature = "redis")]
+async fn open_loop_redis(ctx: TestCtx) -> anyhow::Result<()> {
+    use poolstress_harness::ErrorClass;
+    let rate = 3_000.0;
+    let secs = ctx.profile().pick(Duration::from_secs(3), Duration::from_secs(10));
+    ctx.step("getting the redis server");
+    let server = poolstress_fixtures::service::redis().await?;
+    let db = server.test_db(&ctx).await?;
+    let conn = db.connect().await?;
+    let mut warm = conn.clone();
+    redis::cmd("PING").query_async::<String>(&mut warm).await?;
+    let phase = Phase::open("load", rate, secs).in_flight(256);
+    let due = phase.limit().max_ops;
+    let s = phase
+        .run(&ctx, move |_t: OpTimer| {
+            let mut c = conn.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| OpError::new(ErrorClass::Other, e.to_string()))
+            }
+        })
+        .await?;
+    s.record_into(&ctx, "load");
+    ctx.note(s.summary());
+    s.check_accounted(Some(due))?;
+    clean(&s)?;
+    // Generous: a harness that cannot send a tenth of a modest rate is broken.
+    let share = s.target_rate_ops_s.unwrap_or(rate);
+    check_at_least("achieved rate", s.throughput_ops_s, share / 10.0, "ops/s", &format!("(target {share:.0} ops/s)"))?;
+    Ok(())
 }
