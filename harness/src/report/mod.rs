@@ -86,6 +86,8 @@ fn de_metrics<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Metric>, D::Error> 
         direction: String,
         #[serde(default)]
         samples: Vec<Option<f64>>,
+        #[serde(default)]
+        gated: bool,
     }
     let v: Vec<In> = Vec::deserialize(d)?;
     v.into_iter()
@@ -105,6 +107,7 @@ fn de_metrics<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Metric>, D::Error> 
                 value: m.value.unwrap_or(f64::NAN),
                 direction,
                 samples: m.samples.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect(),
+                gated: m.gated,
             })
         })
         .collect()

@@ -325,9 +325,10 @@ pub fn register(r: &mut Registry) {
         std::fs::write(&file, &recorded)?;
         let c = run_child(&with(&["--check-baselines", "--update-baselines"]), &[("POOLSTRESS_SELFTEST_VALUE", "125")])
             .await?;
+        let updated = std::fs::read_to_string(&file)?;
         ensure!(
-            std::fs::read_to_string(&file)?.contains("value = 125.0"),
-            "update after a regression must record the new value"
+            updated.contains("history = [100.0, 125.0]") && updated.contains("value = 112.5"),
+            "update after a regression must append the new value to the history (the value is its median): {updated}"
         );
         drop(c);
         // A failed run must not write.

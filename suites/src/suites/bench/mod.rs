@@ -5,7 +5,7 @@
 //! - `point_read`: a closed loop of point reads (`Op::Read`), 8 workers on a
 //!   pool of 4, in k interleaved pairs with the same loop through the bare
 //!   driver (4 connections, each used by one worker at a time, worker i on
-//!   connection i mod 4: no pool) on the same server in the same process (quick 5 pairs x 0.6 s, nightly 7 x 2 s; the order
+//!   connection i mod 4: no pool) on the same server in the same process (quick 9 pairs x 0.35 s, nightly 11 x 1 s; the order
 //!   alternates, pool first then driver first). A busier or slower machine
 //!   moves both, so the gated metrics are the ratios, medians of the k
 //!   pairs: `vs_driver.ops_ratio` (the pool's reads/s over the driver's) and
