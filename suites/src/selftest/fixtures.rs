@@ -62,9 +62,16 @@ pub fn register(r: &mut Registry) {
     });
     // The HTML report's plots: percentiles and a timeline with an event.
     r.test("selftest_fixture::plotted", &["fx_plot"], |ctx| async move {
-        for (name, v) in
-            [("steady.p50_ms", 1.2), ("steady.p90_ms", 2.5), ("steady.p99_ms", 6.0), ("steady.p99_9_ms", 14.0)]
-        {
+        for (name, v) in [
+            ("steady.p0_ms", 0.3),
+            ("steady.p25_ms", 0.8),
+            ("steady.p50_ms", 1.2),
+            ("steady.p75_ms", 1.7),
+            ("steady.p90_ms", 2.5),
+            ("steady.p99_ms", 6.0),
+            ("steady.p99_9_ms", 14.0),
+            ("steady.p99_99_ms", 31.0),
+        ] {
             ctx.record(Metric::lower(name, v));
         }
         ctx.event("fault start: latency 300ms");
