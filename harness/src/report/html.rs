@@ -383,9 +383,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn renders_percentile_and_timeline_svgs() {
-        let s = RunSummary {
+    fn run_of(t: TestRecord) -> RunSummary {
+        RunSummary {
             format_version: 1,
             started_unix_s: 0,
             profile: "quick".into(),
@@ -397,8 +396,13 @@ mod tests {
             filtered_out: 0,
             duration_ms: 20.0,
             run: BTreeMap::new(),
-            tests: vec![record()],
-        };
+            tests: vec![t],
+        }
+    }
+
+    #[test]
+    fn renders_percentile_and_timeline_svgs() {
+        let s = run_of(record());
         let html = render(&s, None);
         assert_eq!(html.matches("<svg").count(), 2, "one percentile plot and one timeline");
         assert!(html.contains("fault start: latency") && html.contains("--seed 7"));
@@ -432,20 +436,7 @@ mod tests {
         e.insert("steady.p99_99_ms".into(), bl(12.0, vec![], false));
         e.insert("steady.p50_ms".into(), bl(0.9, vec![], false));
         e.insert("vs_driver.ops_ratio".into(), bl(0.45, vec![0.44, 0.45, 0.46], true));
-        let s = RunSummary {
-            format_version: 1,
-            started_unix_s: 0,
-            profile: "quick".into(),
-            seed: 7,
-            selection: "all tags".into(),
-            passed: 1,
-            failed: 0,
-            ignored: 0,
-            filtered_out: 0,
-            duration_ms: 20.0,
-            run: BTreeMap::new(),
-            tests: vec![t],
-        };
+        let s = run_of(t);
         let html = render(&s, Some(&b));
         assert_eq!(html.matches("<svg").count(), 2, "the distribution and the gated metric's history");
         assert!(html.contains("p99.99") && html.contains("baseline"), "the percentile axis reaches p99.99");
