@@ -42,6 +42,11 @@ pub struct Metric {
     /// Whether a regression of this metric fails the run (see [`Metric::gated`]).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub gated: bool,
+    /// The relative change that counts, as the scenario declares it (see
+    /// [`Metric::tolerance`]); `None` takes the default when recorded (0.2
+    /// for a gated metric).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
 }
 
 /// The fewest repeats a gated metric is judged from; with fewer it is recorded only.
@@ -50,18 +55,32 @@ pub const MIN_GATED_SAMPLES: usize = 3;
 impl Metric {
     /// A metric where lower is better (latency, errors, time to recover).
     pub fn lower(name: impl Into<String>, value: f64) -> Self {
-        Metric { name: name.into(), value, direction: Direction::LowerIsBetter, samples: Vec::new(), gated: false }
+        Metric {
+            name: name.into(),
+            value,
+            direction: Direction::LowerIsBetter,
+            samples: Vec::new(),
+            gated: false,
+            tolerance: None,
+        }
     }
 
     /// A metric where higher is better (throughput, successes).
     pub fn higher(name: impl Into<String>, value: f64) -> Self {
-        Metric { name: name.into(), value, direction: Direction::HigherIsBetter, samples: Vec::new(), gated: false }
+        Metric {
+            name: name.into(),
+            value,
+            direction: Direction::HigherIsBetter,
+            samples: Vec::new(),
+            gated: false,
+            tolerance: None,
+        }
     }
 
     /// A metric from repeated samples; its value is their median.
     pub fn from_samples(name: impl Into<String>, direction: Direction, samples: Vec<f64>) -> Self {
         let value = median(&samples);
-        Metric { name: name.into(), value, direction, samples, gated: false }
+        Metric { name: name.into(), value, direction, samples, gated: false, tolerance: None }
     }
 
     /// A gated metric from `samples` repeats (at least [`MIN_GATED_SAMPLES`];
@@ -69,6 +88,21 @@ impl Metric {
     /// regression beyond its tolerance and noise fails the run with exit 5.
     pub fn gated(name: impl Into<String>, direction: Direction, samples: Vec<f64>) -> Self {
         Metric { gated: true, ..Metric::from_samples(name, direction, samples) }
+    }
+
+    /// The relative change this metric must exceed (besides its noise) to
+    /// count, written into the baselines file when it is first recorded (a
+    /// tolerance edited there by hand is kept). For a ratio whose reference
+    /// moves differently from the candidate on a busy machine:
+    ///
+    /// ```
+    /// use poolstress_harness::{Direction, Metric};
+    /// let m = Metric::gated("vs_driver.ops_ratio", Direction::HigherIsBetter, vec![0.5, 0.52, 0.49]).tolerance(0.3);
+    /// assert_eq!(m.tolerance, Some(0.3));
+    /// ```
+    pub fn tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = Some(tolerance);
+        self
     }
 }
 

@@ -185,7 +185,9 @@ pub fn measured(summary: &RunSummary, stored: &Baselines) -> (Baselines, Vec<Str
                     // Gated metrics: a change of 20 % is what they exist to
                     // catch, beyond their noise. Other repeated samples carry
                     // their own noise; single measurements get more room.
-                    tolerance: if gated {
+                    tolerance: if let Some(t) = m.tolerance {
+                        t
+                    } else if gated {
                         0.20
                     } else if samples >= 3 {
                         0.10

@@ -88,6 +88,8 @@ fn de_metrics<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Metric>, D::Error> 
         samples: Vec<Option<f64>>,
         #[serde(default)]
         gated: bool,
+        #[serde(default)]
+        tolerance: Option<f64>,
     }
     let v: Vec<In> = Vec::deserialize(d)?;
     v.into_iter()
@@ -108,6 +110,7 @@ fn de_metrics<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Metric>, D::Error> 
                 direction,
                 samples: m.samples.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect(),
                 gated: m.gated,
+                tolerance: m.tolerance,
             })
         })
         .collect()

@@ -409,7 +409,8 @@ async fn run_loads(
     if let (true, Some(n)) = (bed.supports(Knob::MaxSize) && bed.supports(Knob::StatusSize), max_size_seen) {
         ensure!(
             n <= max,
-            "{what}: the pool reported size {n}, above max_size {max}, for {SIZE_HELD} samples 10 ms apart, after {} while {} \
+            "{what}: the pool reported size {n}, above max_size {max}, throughout {SIZE_HELD_FOR:?} (a sample every 10 ms), \
+             after {} while {} \
              (size past max after failures)",
             fault.name(),
             state.name()
@@ -517,9 +518,13 @@ fn unbounded(what: &str, ledger: &Ledger, bound: Duration, timeouts: Timeouts) -
 }
 
 /// Samples the pool's own reported size every 10 ms; keeps the largest
-/// size that held for [`SIZE_HELD`] consecutive samples (a count taken while
-/// a connection moves between idle and in use may read one too many for an
-/// instant: a reporting race, not a pool above its size).
+/// size that held through [`SIZE_HELD_FOR`] of wall time (at least
+/// [`SIZE_HELD_SAMPLES`] samples). A count taken while a connection moves
+/// between idle and in use may read one too many for as long as the thread
+/// moving it is descheduled: on a busy 2-core runner that was once 3 samples
+/// in a row (a user's pool that pushes to its idle list before it releases
+/// the slot). An oversubscribed pool stays above its size for as long as the
+/// load lasts, far past this window.
 struct SizeWatch {
     max: Arc<AtomicU64>,
     seen: Arc<AtomicBool>,
@@ -527,8 +532,10 @@ struct SizeWatch {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Consecutive 10 ms samples a reported size must hold to count.
-const SIZE_HELD: usize = 3;
+/// How long a reported size must hold to count.
+const SIZE_HELD_FOR: Duration = Duration::from_millis(150);
+/// The fewest samples in that window (the sampler may itself be delayed).
+const SIZE_HELD_SAMPLES: usize = 5;
 
 impl SizeWatch {
     fn start(pool: &Pool) -> Self {
@@ -536,15 +543,17 @@ impl SizeWatch {
             (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let (m, s, st, pool) = (max.clone(), seen.clone(), stop.clone(), pool.clone());
         let task = tokio::spawn(async move {
-            let mut last = std::collections::VecDeque::with_capacity(SIZE_HELD);
+            let mut window: std::collections::VecDeque<(Instant, u64)> = std::collections::VecDeque::new();
             while !st.load(Ordering::Relaxed) {
                 if let Some(n) = pool.status().and_then(|s| s.size) {
-                    if last.len() == SIZE_HELD {
-                        last.pop_front();
+                    let now = Instant::now();
+                    window.push_back((now, n as u64));
+                    // Keep the newest sample at least SIZE_HELD_FOR old as the window's start.
+                    while window.len() >= 2 && now - window[1].0 >= SIZE_HELD_FOR {
+                        window.pop_front();
                     }
-                    last.push_back(n as u64);
-                    if last.len() == SIZE_HELD {
-                        m.fetch_max(*last.iter().min().expect("full"), Ordering::Relaxed);
+                    if now - window[0].0 >= SIZE_HELD_FOR && window.len() >= SIZE_HELD_SAMPLES {
+                        m.fetch_max(window.iter().map(|&(_, n)| n).min().expect("not empty"), Ordering::Relaxed);
                     }
                     s.store(true, Ordering::Relaxed);
                 }

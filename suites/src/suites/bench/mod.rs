@@ -194,7 +194,12 @@ async fn point_read<S: NetService + ZooDriver>(ctx: TestCtx, a: Adapter<S>) -> a
             a.name()
         ));
     }
-    let ratio = ratio_metric("vs_driver.ops_ratio", Direction::HigherIsBetter, ops_ratio);
+    // Postgres' throughput ratio is the least steady under a CPU hog: the
+    // server's backends compete with both loops for the two cores, and a
+    // hog moved sqlx-postgres' ratio past 20 % once in 10 unchanged runs.
+    // It is gated at 30 %; a 30 % slower pool shows in p50_ratio as well.
+    let ops_tolerance = if S::NAME == "postgres" { 0.3 } else { 0.2 };
+    let ratio = ratio_metric("vs_driver.ops_ratio", Direction::HigherIsBetter, ops_ratio).tolerance(ops_tolerance);
     let lat = ratio_metric("vs_driver.p50_ratio", Direction::LowerIsBetter, p50_ratio);
     let ops = Metric::from_samples("read.ops_s", Direction::HigherIsBetter, rates);
     // The pool's whole latency distribution (p0..p99.99, medians over the
