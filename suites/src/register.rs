@@ -13,7 +13,7 @@ use crate::suites::stress_pg;
 use crate::suites::stress_redis;
 use crate::{
     kit::{NetService, Rig, ServiceFixture},
-    suites::{bench, chaos, combo, conformance, exhaustion, fairness, hygiene, layer2, stress_edge},
+    suites::{bench, chaos, combo, conformance, exhaustion, fairness, hygiene, layer2, peer, stress_edge},
 };
 
 /// A service whose pools poolstress has suites for: Postgres, Redis, and the
@@ -39,7 +39,7 @@ impl PoolSuites for Redis {
 
 /// Every suite for a network pool; `stress` is its service's catalogue.
 #[cfg(any(feature = "postgres", feature = "redis"))]
-fn register_net<S: NetService + crate::zoo::ZooDriver>(
+fn register_net<S: NetService + crate::zoo::ZooDriver + peer::Peer>(
     r: &mut Registry,
     a: Adapter<S>,
     stress: fn(&mut Registry, Vec<Adapter<S>>),
@@ -53,6 +53,7 @@ fn register_net<S: NetService + crate::zoo::ZooDriver>(
     hygiene::register_adapters(r, vec![a.clone()]);
     exhaustion::register_adapters(r, vec![a.clone()]);
     bench::register_adapters(r, vec![a.clone()]);
+    peer::register_adapters(r, vec![a.clone()]);
     layer2::register_adapters(r, vec![a]);
 }
 
@@ -68,7 +69,7 @@ impl PoolSuites for Mock {
 ///
 /// | service | suites |
 /// |---|---|
-/// | Postgres, Redis | `conformance::`, `stress::<service>::`, `stress::edge::<service>::`, `chaos::<service>::` (layer_3) and `chaos::layer_2::` (the in-process stand-in), `combo::<service>::`, `fairness::<service>::`, `hygiene::<service>::`, `exhaustion::<service>::`, `bench::<service>::`, `layer2::<service>::` |
+/// | Postgres, Redis | `conformance::`, `stress::<service>::`, `stress::edge::<service>::`, `chaos::<service>::` (layer_3) and `chaos::layer_2::` (the in-process stand-in), `combo::<service>::`, `fairness::<service>::`, `hygiene::<service>::`, `exhaustion::<service>::`, `bench::<service>::`, `peer::<service>::`, `layer2::<service>::` |
 /// | the mock | `conformance::mock::`, `chaos::layer_1::` |
 ///
 /// Each test is named `...[<pool name>]`; a scenario needing a knob the pool

@@ -18,6 +18,7 @@ pub mod faults;
 pub mod harness_bench;
 pub mod hygiene;
 pub mod layer2;
+pub mod peer;
 pub mod smoke;
 pub mod stress_edge;
 #[cfg(feature = "postgres")]
