@@ -18,7 +18,10 @@
 //! Every gap is attributed per op (µs of the machine per op, 1e6 / ops/s):
 //! `attr.harness_us` (the no-op loop), `attr.runtime_driver_us` (the driver
 //! alone minus the native tool minus the harness) and `attr.pool_us` (the
-//! pool minus the driver). Gated (medians of the rounds, 30 % tolerance: a C
+//! pool minus the driver), and the client side's CPU per call
+//! (`cpu_us.native` — the tool's process —, `cpu_us.driver`, `cpu_us.pool` —
+//! this process —, from /proc): on two cores shared with the server, a
+//! client that burns more CPU per call leaves the server less. Gated (medians of the rounds, 30 % tolerance: a C
 //! tool and a tokio runtime share two cores differently when the machine is
 //! busy): `<workload>.driver_vs_native` (the harness + runtime + driver are
 //! not the bottleneck) and `<workload>.pool_vs_driver` (what the pool costs;
@@ -72,7 +75,7 @@ pub trait Peer: NetService + ZooDriver {
         w: &'a Workload,
         mode: &'a str,
         ops: u64,
-    ) -> BoxFuture<'a, anyhow::Result<f64>>;
+    ) -> BoxFuture<'a, anyhow::Result<(f64, u64)>>;
 }
 
 #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
@@ -139,7 +142,7 @@ impl Peer for poolstress_fixtures::pool::Redis {
         w: &'a Workload,
         _mode: &'a str,
         ops: u64,
-    ) -> BoxFuture<'a, anyhow::Result<f64>> {
+    ) -> BoxFuture<'a, anyhow::Result<(f64, u64)>> {
         Box::pin(async move {
             let mut cmd = tokio::process::Command::new(Self::TOOL);
             cmd.args(["-h", &t.host, "-p", &t.port.to_string(), "--dbnum", &t.db.to_string()]).args([
@@ -152,8 +155,9 @@ impl Peer for poolstress_fixtures::pool::Redis {
                 "--csv",
             ]);
             let out = output(cmd, "redis-benchmark").await?;
-            parse_redis_benchmark(&out, w.what)
-                .with_context(|| format!("redis-benchmark printed no {} rate: {}", w.what, out.trim()))
+            let rate = parse_redis_benchmark(&out, w.what)
+                .with_context(|| format!("redis-benchmark printed no {} rate: {}", w.what, out.trim()))?;
+            Ok((rate, ops))
         })
     }
 }
@@ -185,7 +189,7 @@ impl Peer for poolstress_fixtures::pool::Postgres {
         w: &'a Workload,
         mode: &'a str,
         ops: u64,
-    ) -> BoxFuture<'a, anyhow::Result<f64>> {
+    ) -> BoxFuture<'a, anyhow::Result<(f64, u64)>> {
         Box::pin(async move {
             let dir = tempfile::tempdir().context("a temp dir for pgbench's script")?;
             let script = dir.path().join(format!("{}.sql", w.name));
@@ -199,9 +203,27 @@ impl Peer for poolstress_fixtures::pool::Postgres {
                 .arg(&script)
                 .arg(&t.dbname);
             let out = output(cmd, &format!("pgbench -M {mode} ({})", w.name)).await?;
-            parse_pgbench(&out).with_context(|| format!("pgbench printed no tps: {}", out.trim()))
+            let rate = parse_pgbench(&out).with_context(|| format!("pgbench printed no tps: {}", out.trim()))?;
+            Ok((rate, per_client * Self::CLIENTS as u64))
         })
     }
+}
+
+/// CPU seconds used so far by this process and by its reaped children (the
+/// native tools), from /proc/self/stat; `None` off Linux.
+fn cpu_times() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let f: Vec<&str> = s.get(s.rfind(')')? + 2..)?.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+    const USER_HZ: f64 = 100.0; // the clock tick of every Linux build
+    Some(((t(11)? + t(12)?) / USER_HZ, (t(13)? + t(14)?) / USER_HZ))
+}
+
+/// µs of CPU per call between two [`cpu_times`] readings (`child`: the children's).
+fn cpu_us(before: Option<(f64, f64)>, after: Option<(f64, f64)>, child: bool, calls: u64) -> Option<f64> {
+    let (b, a) = (before?, after?);
+    let secs = if child { a.1 - b.1 } else { a.0 - b.0 };
+    (calls > 0).then(|| secs * 1e6 / calls as f64)
 }
 
 /// Whether `tool` is on the PATH.
@@ -291,10 +313,12 @@ async fn workload<S: Peer>(ctx: TestCtx, a: Adapter<S>, w: &'static Workload) ->
     clean("warm.driver", &driver_leg("warm.driver").await?)?;
     ctx.step(format!("calibrating {}", S::TOOL));
     // A first run sizes the tool's request count to about `secs`.
-    let mut guess = S::native(&target, w, w.modes[0], 2_000).await?;
+    let mut guess = S::native(&target, w, w.modes[0], 2_000).await?.0;
     let mut native: Vec<Vec<f64>> = vec![Vec::new(); w.modes.len()];
     let (mut driver, mut pooled) = (Vec::new(), Vec::new());
     let (mut d_vs_n, mut p_vs_d, mut p_vs_n) = (Vec::new(), Vec::new(), Vec::new());
+    // Client-side CPU per call: the native tool (its process), the driver and the pool (this process).
+    let (mut cpu_n, mut cpu_d, mut cpu_p) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..rounds {
         ctx.step(format!(
             "round {}/{rounds}: {}, the driver alone and {} ({clients} clients, {secs:?} each)",
@@ -310,20 +334,26 @@ async fn workload<S: Peer>(ctx: TestCtx, a: Adapter<S>, w: &'static Workload) ->
                 Leg::Native => {
                     for (k, mode) in w.modes.iter().enumerate() {
                         let ops = (guess * secs.as_secs_f64()).max(1_000.0) as u64;
-                        let r = S::native(&target, w, mode, ops).await?;
+                        let before = cpu_times();
+                        let (r, calls) = S::native(&target, w, mode, ops).await?;
                         native[k].push(r);
                         if k == 0 {
                             (n, guess) = (r, r);
+                            cpu_n.extend(cpu_us(before, cpu_times(), true, calls));
                         }
                     }
                 }
                 Leg::Driver => {
+                    let before = cpu_times();
                     let s = driver_leg("driver").await?;
+                    cpu_d.extend(cpu_us(before, cpu_times(), false, s.ok));
                     clean("driver", &s)?;
                     d = s.throughput_ops_s;
                 }
                 Leg::Pool => {
+                    let before = cpu_times();
                     let s = pool_leg("pool").await?;
+                    cpu_p.extend(cpu_us(before, cpu_times(), false, s.ok));
                     clean("pool", &s)?;
                     p = s.throughput_ops_s;
                 }
@@ -360,17 +390,31 @@ async fn workload<S: Peer>(ctx: TestCtx, a: Adapter<S>, w: &'static Workload) ->
     let (harness_us, runtime_driver_us, pool_us) = (us(h), us(d) - us(n) - us(h), us(p) - us(d));
     let others: String =
         w.modes[1..].iter().zip(&natives[1..]).map(|(mode, m)| format!(", {mode} {:.0}/s", m.value)).collect();
+    let cpu = |name: &str, v: Vec<f64>| {
+        (!v.is_empty()).then(|| Metric::from_samples(format!("{wn}.cpu_us.{name}"), Direction::LowerIsBetter, v))
+    };
+    let cpus: Vec<Metric> =
+        [cpu("native", cpu_n), cpu("driver", cpu_d), cpu("pool", cpu_p)].into_iter().flatten().collect();
+    let cpu_line = if cpus.is_empty() {
+        "not measured (no /proc/self/stat)".to_string()
+    } else {
+        cpus.iter()
+            .map(|m| format!("{} {:.1} µs", m.name.rsplit('.').next().unwrap_or_default(), m.value))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let tool = if w.modes[0] == S::TOOL { S::TOOL.to_string() } else { format!("{} {}", S::TOOL, w.modes[0]) };
     let line = format!(
         "peer: {} {wn}, {clients} clients: {tool} {n:.0}/s{others}; driver alone {d:.0}/s ({:.2}x native); {} {p:.0}/s \
          ({:.2}x the driver, {:.2}x native); harness no-op {h:.0}/s. Per op: native {:.1} µs, harness {harness_us:.2} µs, \
-         runtime+driver {runtime_driver_us:.1} µs, pool {pool_us:.1} µs (medians of {rounds} rounds)",
+         runtime+driver {runtime_driver_us:.1} µs, pool {pool_us:.1} µs. Client CPU per op: {} (medians of {rounds} rounds)",
         S::NAME,
         d_ratio.value,
         a.name(),
         p_ratio.value,
         pn_ratio.value,
         us(n),
+        cpu_line,
     );
     println!("{line}");
     ctx.note(line);
@@ -381,6 +425,9 @@ async fn workload<S: Peer>(ctx: TestCtx, a: Adapter<S>, w: &'static Workload) ->
     ctx.record(Metric::from_samples(format!("{wn}.driver_ops_s"), Direction::HigherIsBetter, driver));
     ctx.record(Metric::from_samples(format!("{wn}.pool_ops_s"), Direction::HigherIsBetter, pooled));
     ctx.record(Metric::higher("noop.ops_s", h));
+    for m in cpus {
+        ctx.record(m);
+    }
     ctx.record(Metric::lower(format!("{wn}.attr.harness_us"), harness_us));
     ctx.record(Metric::lower(format!("{wn}.attr.runtime_driver_us"), runtime_driver_us));
     ctx.record(Metric::lower(format!("{wn}.attr.pool_us"), pool_us));
