@@ -167,18 +167,40 @@ async fn idle_timeout_keeps_min_idle(ctx: TestCtx, a: Adapter<Redis>) -> anyhow:
         || async { Ok(counter.count().await? <= min as u64) },
     )
     .await?;
-    // Idle a further three idle timeouts: the count stays at min_idle.
+    // Idle a further three idle timeouts: the count stays at min_idle. A
+    // pool that closes its min_idle connections at the timeout and opens
+    // new ones at once (bb8 does: a churn, recorded) dips for a moment; one
+    // that leaves the count below min_idle for DIP_HELD has closed them.
+    const DIP_HELD: Duration = Duration::from_millis(300);
     let watch_until = Instant::now() + idle * 3;
-    let mut lowest = u64::MAX;
+    let (mut lowest, mut held_lowest, mut dips) = (u64::MAX, u64::MAX, 0u32);
+    let mut below_since: Option<(Instant, u64)> = None;
     while Instant::now() < watch_until {
-        lowest = lowest.min(counter.count().await?);
+        let n = counter.count().await?;
+        lowest = lowest.min(n);
+        if n < min as u64 {
+            let (since, low) = below_since.get_or_insert((Instant::now(), n));
+            *low = (*low).max(n);
+            if since.elapsed() >= DIP_HELD {
+                held_lowest = held_lowest.min(*low);
+            }
+        } else if below_since.take().is_some() {
+            dips += 1;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await; // the sampling period, not a wait for a condition
     }
     ctx.record(Metric::lower("idle_lowest_count", lowest as f64));
+    ctx.record(Metric::lower("idle_dips_below_min", dips as f64));
+    if dips > 0 {
+        ctx.note(format!(
+            "{name}: the server-side count dipped below min_idle {min} (to {lowest}) {dips} time(s) and was restored \
+             within {DIP_HELD:?}: min_idle connections closed at the idle timeout and reopened (churn)"
+        ));
+    }
     ensure!(
-        lowest >= min as u64,
-        "{name}: the idle timeout closed connections below min_idle {min}: the server saw {lowest} of the test's \
-         connections while idle"
+        held_lowest >= min as u64,
+        "{name}: the idle timeout closed connections below min_idle {min}: the server saw {held_lowest} of the test's \
+         connections while idle, for {DIP_HELD:?} or longer"
     );
     Ok(())
 }
