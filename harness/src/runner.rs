@@ -155,8 +155,8 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
     let start = Instant::now();
     let mut trials = Vec::with_capacity(selected.len());
     let mut statically_ignored = Vec::new();
-    for def in &selected {
-        let trial = make_trial(def, &opts, seed, records.clone());
+    for def in schedule(&selected) {
+        let trial = make_trial(def, &opts, seed, records.clone(), start);
         if args.is_ignored(&trial) && !args.is_filtered_out(&trial) {
             statically_ignored.push(TestRecord {
                 name: def.name.clone(),
@@ -165,6 +165,8 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
                 message: def.ignored.clone(),
                 fixture_failure: false,
                 duration_ms: 0.0,
+                waited_ms: 0.0,
+                started_ms: 0.0,
                 seed: 0,
                 metrics: Vec::new(),
                 events: Vec::new(),
@@ -242,6 +244,15 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
     post.unwrap_or(exit::SUCCESS)
 }
 
+/// The order tests are handed to the test threads: exclusive tests first,
+/// one after another, then the shared ones side by side. Interleaved, every
+/// exclusive test would first wait for the shared tests already running to
+/// end (a thread idle meanwhile) and then hold every other thread idle.
+fn schedule(selected: &[TestDef]) -> impl Iterator<Item = &TestDef> {
+    let exclusive = selected.iter().filter(|d| d.is_exclusive());
+    exclusive.chain(selected.iter().filter(|d| !d.is_exclusive()))
+}
+
 fn list(args: &Arguments, selected: &[TestDef]) -> u8 {
     // nextest parses `--list --format terse`: keep libtest's exact lines there.
     let trials: Vec<Trial> = selected
@@ -275,7 +286,13 @@ fn list(args: &Arguments, selected: &[TestDef]) -> u8 {
     exit::SUCCESS
 }
 
-fn make_trial(def: &TestDef, opts: &Options, run_seed: u64, records: Arc<Mutex<Vec<TestRecord>>>) -> Trial {
+fn make_trial(
+    def: &TestDef,
+    opts: &Options,
+    run_seed: u64,
+    records: Arc<Mutex<Vec<TestRecord>>>,
+    run_start: Instant,
+) -> Trial {
     let name = def.name.clone();
     let tags = def.tags.clone();
     let body = def.body.clone();
@@ -290,20 +307,29 @@ fn make_trial(def: &TestDef, opts: &Options, run_seed: u64, records: Arc<Mutex<V
     let static_skip = def.skip.clone();
     let ignored_reason = def.ignored.clone();
     Trial::ignorable_test(def.name.clone(), move || {
-        let ctx = TestCtx::new(&name, &tags, profile, run_seed, &report_dir);
-        let started = Instant::now();
-        let (outcome, message, fixture_failure) = if let Some(reason) = static_skip {
-            (Outcome::Skipped, Some(reason), false)
-        } else {
-            let _lock = match TestLock::acquire(exclusive) {
+        // The test's time starts when it holds the lock: waiting for an
+        // exclusive test (or for shared ones to finish before this exclusive
+        // one) is the schedule's time, reported apart as `waited_ms`.
+        let asked = Instant::now();
+        let lock = match static_skip {
+            Some(_) => None,
+            None => match TestLock::acquire(exclusive) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     eprintln!("poolstress: could not take the test lock ({e}); {name} runs without exclusivity");
                     None
                 }
-            };
+            },
+        };
+        let waited = asked.elapsed();
+        let ctx = TestCtx::new(&name, &tags, profile, run_seed, &report_dir);
+        let started = Instant::now();
+        let (outcome, message, fixture_failure) = if let Some(reason) = static_skip {
+            (Outcome::Skipped, Some(reason), false)
+        } else {
             execute(&ctx, body, deadline)
         };
+        drop(lock);
         let message = match (outcome, message, ignored_reason) {
             (Outcome::Failed, Some(m), Some(r)) => Some(format!("{m}\n(known finding, marked ignored: {r})")),
             (_, m, _) => m,
@@ -316,6 +342,8 @@ fn make_trial(def: &TestDef, opts: &Options, run_seed: u64, records: Arc<Mutex<V
             message: message.clone(),
             fixture_failure,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            waited_ms: waited.as_secs_f64() * 1e3,
+            started_ms: started.duration_since(run_start).as_secs_f64() * 1e3,
             seed: ctx.seed(),
             metrics: ctx.metrics(),
             events: ctx.events(),

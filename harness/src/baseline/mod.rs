@@ -573,6 +573,8 @@ mod tests {
                 message: None,
                 fixture_failure: false,
                 duration_ms: 1.0,
+                waited_ms: 0.0,
+                started_ms: 0.0,
                 seed: 1,
                 metrics,
                 events: vec![],

@@ -370,6 +370,8 @@ mod tests {
             message: None,
             fixture_failure: false,
             duration_ms: 12.0,
+            waited_ms: 0.0,
+            started_ms: 0.0,
             seed: 1,
             metrics: vec![Metric::lower("steady.p50_ms", 1.0), Metric::lower("steady.p99_ms", 4.0), Metric::lower("steady.p90_ms", 2.0)],
             events: vec![crate::ctx::Event { at_ms: 1500.0, label: "fault start: latency".into() }],

@@ -58,8 +58,16 @@ pub struct TestRecord {
     /// Whether the failure was a fixture that could not be provided.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fixture_failure: bool,
-    /// Wall time.
+    /// Wall time of the test itself (from when it held the test lock).
     pub duration_ms: f64,
+    /// Time spent waiting for the test lock before it ran (an exclusive test
+    /// running, or shared ones still running before an exclusive one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waited_ms: f64,
+    /// When it began to run, in ms since the run started (where the
+    /// schedule put it: the report's timeline of the run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub started_ms: f64,
     /// The test's seed.
     pub seed: u64,
     /// Named metrics the test recorded.
@@ -74,6 +82,10 @@ pub struct TestRecord {
     /// Notes (fault schedules, findings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Metrics as report.json writes them (`samples` omitted when empty, a

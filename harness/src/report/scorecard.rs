@@ -433,6 +433,8 @@ mod tests {
             message: message.map(str::to_string),
             fixture_failure: false,
             duration_ms: 1.0,
+            waited_ms: 0.0,
+            started_ms: 0.0,
             seed: 0,
             metrics,
             events: vec![],
