@@ -99,10 +99,13 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
             let run: Run = Arc::new(move |ctx| body(ctx, rig.clone()));
             (scenario, run, must)
         };
+        // Every catcher acts on its own proxy and its own connections (by
+        // name), never on the shared server: it runs beside other tests.
         r.test(name, &[tag::CHAOS, tag::LAYER_3, S::NAME], move |ctx| {
             let (run, adapter) = (run.clone(), adapter.name().to_string());
             async move { must_fail(ctx, &adapter, scenario, run, must).await.map(|_| ()) }
-        });
+        })
+        .exclusive(false);
     }
     // A right diagnosis (issue #14 item 5): a pool whose slots are gone after
     // the kill also stops serving, but it did reconnect; the reconnect
@@ -126,7 +129,8 @@ fn register_service<S: ZooDriver + NetService>(r: &mut Registry) {
                 Ok(())
             }
         },
-    );
+    )
+    .exclusive(false);
 }
 
 /// Registers `zoo::<service>::<defect>[...]` for both services.
