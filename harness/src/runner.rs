@@ -585,3 +585,21 @@ fn merge_mode(opts: &Options, rest: &[String]) -> u8 {
     }
     post.unwrap_or(exit::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Registry;
+
+    #[test]
+    fn exclusive_tests_are_scheduled_first_in_registration_order() {
+        let mut r = Registry::new();
+        r.test("a_shared", &[tag::LAYER_1], |_| async { Ok(()) });
+        r.test("b_chaos", &[tag::CHAOS], |_| async { Ok(()) });
+        r.test("c_chaos_shared", &[tag::CHAOS], |_| async { Ok(()) }).exclusive(false);
+        r.test("d_marked", &[tag::LAYER_3], |_| async { Ok(()) }).exclusive(true);
+        r.test("e_bench", &[tag::BENCHMARK], |_| async { Ok(()) });
+        let order: Vec<&str> = schedule(&r.tests).map(|d| d.name.as_str()).collect();
+        assert_eq!(order, ["b_chaos", "d_marked", "e_bench", "a_shared", "c_chaos_shared"]);
+    }
+}
