@@ -336,6 +336,13 @@ pub enum Regression {
     /// of seven checkouts (2.86 round trips per read instead of 2): about
     /// -30 % throughput where round trips are the cost.
     ExtraRoundTrip,
+    /// `double-round-trips`: the idle connection's check pings three times
+    /// on every checkout (4 round trips per read instead of 2): about -50 %
+    /// throughput where round trips are the cost. The gate's self-test
+    /// (`bench::gate::*`) injects this one: on a slow, noisy 2-core runner
+    /// a -30 % change measured in quick-profile rounds landed within the
+    /// noise of a gate that must stay quiet there.
+    DoubleRoundTrips,
 }
 
 /// How long a [`Regression::SlowTimeout`] acquire takes to time out.
@@ -350,7 +357,10 @@ impl Regression {
                 "" | "none" => Ok(None),
                 "acquire-1s" => Ok(Some(Regression::SlowTimeout)),
                 "extra-round-trip" => Ok(Some(Regression::ExtraRoundTrip)),
-                other => Err(format!("{REGRESSION_ENV}={other:?}: use acquire-1s or extra-round-trip (or unset it)")),
+                "double-round-trips" => Ok(Some(Regression::DoubleRoundTrips)),
+                other => Err(format!(
+                    "{REGRESSION_ENV}={other:?}: use acquire-1s, extra-round-trip or double-round-trips (or unset it)"
+                )),
             },
         }
     }
@@ -536,12 +546,17 @@ impl<S: ZooDriver> ZooPool<S> {
             // Counted open until handed out or dropped (a cancelled acquire drops it).
             let mut held = Opened { shared: sh.clone(), idle: Some(idle) };
             let conn = &mut held.idle.as_mut().expect("set above").conn;
-            let twice = sh.regression == Some(Regression::ExtraRoundTrip)
-                && !sh.checkouts.fetch_add(1, Ordering::Relaxed).is_multiple_of(7);
+            let extra = match sh.regression {
+                Some(Regression::ExtraRoundTrip) => {
+                    usize::from(!sh.checkouts.fetch_add(1, Ordering::Relaxed).is_multiple_of(7))
+                }
+                Some(Regression::DoubleRoundTrips) => 2,
+                _ => 0,
+            };
             let target = &sh.target;
             let check = async move {
-                if twice {
-                    S::run(conn, target, &Op::Ping).await?; // THE REGRESSION: one more round trip
+                for _ in 0..extra {
+                    S::run(conn, target, &Op::Ping).await?; // THE REGRESSION: more round trips
                 }
                 S::run(conn, target, &Op::Ping).await
             };
