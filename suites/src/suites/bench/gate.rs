@@ -79,7 +79,21 @@ async fn gate(ctx: TestCtx) -> anyhow::Result<()> {
     let (bdir, rdir) = (dir.path().join("baselines"), dir.path().join("report"));
     std::fs::create_dir_all(&rdir)?;
     let bdir_s = bdir.to_string_lossy().into_owned();
-    let base = ["--include-tag", "benchmark", selection.as_str(), "--baseline-dir", bdir_s.as_str()];
+    // Only the bench:: tests: the gated metrics the cases name are theirs.
+    // stress::*::performance records nothing gated, and peer:: (gated, and
+    // moved by the same regressions) is judged by the same code: running them
+    // in each of the seven children cost 40 % of this test's time.
+    let base = [
+        "--include-tag",
+        "benchmark",
+        selection.as_str(),
+        "--skip",
+        "stress::",
+        "--skip",
+        "peer::",
+        "--baseline-dir",
+        bdir_s.as_str(),
+    ];
     let with = |extra: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(extra.iter().copied()).collect() };
     let run = |args: Vec<&str>, env: Vec<(&'static str, &'static str)>| {
         let (args, rdir): (Vec<String>, _) = (args.iter().map(|s| s.to_string()).collect(), rdir.clone());
@@ -118,9 +132,6 @@ async fn gate(ctx: TestCtx) -> anyhow::Result<()> {
 
     let point = format!("bench::redis::point_read[{pool}]");
     let timeout = format!("bench::redis::acquire_timeout[{pool}]");
-    // peer:: runs in the children too (it is benchmark-tagged): a slower pool
-    // path moves its pool_vs_driver as well, and noise may let it cross first.
-    let peer = format!("peer::redis::get[{pool}]/get.pool_vs_driver");
     // Each case: what is injected, and the gated metrics any of which must
     // be named (a read made slower by a round trip shows in the throughput
     // ratio and the p50 ratio alike; noise decides which crosses first).
@@ -128,7 +139,7 @@ async fn gate(ctx: TestCtx) -> anyhow::Result<()> {
         (
             "+2 ms on the pool's path",
             (INJECT_LATENCY_ENV, "2ms"),
-            vec![format!("{point}/vs_driver.p50_ratio"), format!("{point}/vs_driver.ops_ratio"), peer.clone()],
+            vec![format!("{point}/vs_driver.p50_ratio"), format!("{point}/vs_driver.ops_ratio")],
         ),
         (
             "an acquire timeout noticed after 1 s, not 20 ms",
@@ -138,7 +149,7 @@ async fn gate(ctx: TestCtx) -> anyhow::Result<()> {
         (
             "two extra round trips on every checkout (-50 % throughput)",
             (REGRESSION_ENV, "double-round-trips"),
-            vec![format!("{point}/vs_driver.ops_ratio"), format!("{point}/vs_driver.p50_ratio"), peer],
+            vec![format!("{point}/vs_driver.ops_ratio"), format!("{point}/vs_driver.p50_ratio")],
         ),
     ];
     let mut caught = Vec::new();
