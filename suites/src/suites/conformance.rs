@@ -373,7 +373,16 @@ async fn slow_op_completes<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> an
     c.run(&Op::Slow(d)).await.with_context(|| format!("{name}: slow({d:?}) with op_timeout 5 s"))?;
     let took = started.elapsed();
     ctx.record(Metric::lower("slow_op_ms", took.as_secs_f64() * 1e3));
-    ensure!(took >= d, "{name}: slow({d:?}) returned after {took:?}: the server did not hold the connection");
+    // The server ends the wait by its own clock (Redis times a BLPOP out in
+    // whole ms from a time it may have cached), so the reply can come a
+    // little before `d` as the client counts it (598.7 ms for 600 ms, seen
+    // on a busy runner, docker backend). A connection the server did not hold answers
+    // in a few ms: 90 % of `d` tells the two apart.
+    let held = d - d / 10;
+    ensure!(
+        took >= held,
+        "{name}: slow({d:?}) returned after {took:?} (< {held:?}): the server did not hold the connection"
+    );
     ensure!(took < d + Duration::from_secs(3), "{name}: slow({d:?}) took {took:?}");
     c.run(&Op::Ping).await.with_context(|| format!("{name}: the connection is not usable after a slow operation"))?;
     Ok(())
