@@ -167,6 +167,7 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
                 duration_ms: 0.0,
                 waited_ms: 0.0,
                 started_ms: 0.0,
+                exclusive: def.is_exclusive(),
                 seed: 0,
                 metrics: Vec::new(),
                 events: Vec::new(),
@@ -197,7 +198,25 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
         tests,
     };
     let suite_time = report::scorecard::suite_times(&summary.tests);
+    // Where the wall time went: exclusive tests add up, shared ones share the threads.
+    let threads = args.test_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let exclusive_ms: f64 = suite_time.iter().map(|s| s.exclusive_ms).sum();
+    let shared_ms: f64 = suite_time.iter().map(|s| s.ms - s.exclusive_ms).sum();
     summary.run.insert("suite_time".into(), serde_json::to_value(suite_time).unwrap_or_default());
+    summary.run.insert(
+        "time_split".into(),
+        serde_json::json!({ "exclusive_ms": exclusive_ms.round(), "shared_ms": shared_ms.round(), "threads": threads }),
+    );
+    if !args.quiet && exclusive_ms + shared_ms >= 1000.0 {
+        eprintln!(
+            "poolstress: wall {:.0} s: exclusive tests {:.0} s (one at a time), shared tests {:.0} s summed over {threads} \
+             thread(s) (at least {:.0} s of wall)",
+            summary.duration_ms / 1e3,
+            exclusive_ms / 1e3,
+            shared_ms / 1e3,
+            shared_ms / 1e3 / threads as f64
+        );
+    }
     // The verdict against the baselines reaches every reporter (report.json,
     // report.html and summary.md open with it, junit.xml carries it).
     if let Some(v) = crate::baseline::verdicts(&opts, &summary) {
@@ -344,6 +363,7 @@ fn make_trial(
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
             waited_ms: waited.as_secs_f64() * 1e3,
             started_ms: started.duration_since(run_start).as_secs_f64() * 1e3,
+            exclusive,
             seed: ctx.seed(),
             metrics: ctx.metrics(),
             events: ctx.events(),

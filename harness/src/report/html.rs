@@ -372,6 +372,7 @@ mod tests {
             duration_ms: 12.0,
             waited_ms: 0.0,
             started_ms: 0.0,
+            exclusive: false,
             seed: 1,
             metrics: vec![Metric::lower("steady.p50_ms", 1.0), Metric::lower("steady.p99_ms", 4.0), Metric::lower("steady.p90_ms", 2.0)],
             events: vec![crate::ctx::Event { at_ms: 1500.0, label: "fault start: latency".into() }],

@@ -161,6 +161,7 @@ mod tests {
             duration_ms: 1.0,
             waited_ms: 0.0,
             started_ms: 0.0,
+            exclusive: false,
             seed: 0,
             metrics: vec![],
             events: vec![],

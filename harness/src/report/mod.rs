@@ -68,6 +68,11 @@ pub struct TestRecord {
     /// schedule put it: the report's timeline of the run).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub started_ms: f64,
+    /// Whether it ran exclusive (alone: no other test beside it). The run's
+    /// wall time is about the exclusive tests' sum plus the shared ones'
+    /// sum over the test threads.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclusive: bool,
     /// The test's seed.
     pub seed: u64,
     /// Named metrics the test recorded.

@@ -325,6 +325,9 @@ pub struct SuiteTime {
     pub tests: usize,
     /// The sum of their wall times (tests may overlap: this is not the run's wall time).
     pub ms: f64,
+    /// The part of `ms` of tests that ran exclusive (one at a time: every
+    /// ms of it is a ms of the run's wall time).
+    pub exclusive_ms: f64,
 }
 
 /// The suite a test belongs to: its name's first two segments, or its first
@@ -348,8 +351,14 @@ pub fn suite_times(tests: &[TestRecord]) -> Vec<SuiteTime> {
             Some(s) => {
                 s.tests += 1;
                 s.ms += t.duration_ms;
+                s.exclusive_ms += if t.exclusive { t.duration_ms } else { 0.0 };
             }
-            None => by.push(SuiteTime { suite, tests: 1, ms: t.duration_ms }),
+            None => by.push(SuiteTime {
+                suite,
+                tests: 1,
+                ms: t.duration_ms,
+                exclusive_ms: if t.exclusive { t.duration_ms } else { 0.0 },
+            }),
         }
     }
     by.sort_by(|a, b| b.ms.total_cmp(&a.ms));
@@ -435,6 +444,7 @@ mod tests {
             duration_ms: 1.0,
             waited_ms: 0.0,
             started_ms: 0.0,
+            exclusive: false,
             seed: 0,
             metrics,
             events: vec![],
@@ -675,14 +685,18 @@ mod tests {
     fn suite_times_group_by_the_first_two_segments_longest_first() {
         let t = |n: &str, ms: f64| TestRecord { duration_ms: ms, ..rec(n, Outcome::Passed, None, vec![]) };
         let tests = vec![
-            t("chaos::postgres::kill[a]", 1000.0),
+            TestRecord { exclusive: true, ..t("chaos::postgres::kill[a]", 1000.0) },
             t("chaos::postgres::cancel[b]", 500.0),
             t("stress::redis::exhaustion::x[a]", 3000.0),
             t("harness::guard", 10.0),
         ];
         let times = suite_times(&tests);
-        let got: Vec<(&str, usize, f64)> = times.iter().map(|s| (s.suite.as_str(), s.tests, s.ms)).collect();
-        assert_eq!(got, vec![("stress::redis", 1, 3000.0), ("chaos::postgres", 2, 1500.0), ("harness", 1, 10.0)]);
+        let got: Vec<(&str, usize, f64, f64)> =
+            times.iter().map(|s| (s.suite.as_str(), s.tests, s.ms, s.exclusive_ms)).collect();
+        assert_eq!(
+            got,
+            vec![("stress::redis", 1, 3000.0, 0.0), ("chaos::postgres", 2, 1500.0, 1000.0), ("harness", 1, 10.0, 0.0)]
+        );
         let s = RunSummary {
             format_version: 1,
             started_unix_s: 0,
