@@ -207,7 +207,7 @@ fn run_inner(registry: Registry, args: Vec<String>, post_run: Vec<PostRun>) -> u
         "time_split".into(),
         serde_json::json!({ "exclusive_ms": exclusive_ms.round(), "shared_ms": shared_ms.round(), "threads": threads }),
     );
-    if !args.quiet && exclusive_ms + shared_ms >= 1000.0 {
+    if !args.quiet && exclusive_ms > 0.0 && shared_ms > 0.0 && exclusive_ms + shared_ms >= 1000.0 {
         eprintln!(
             "poolstress: wall {:.0} s: exclusive tests {:.0} s (one at a time), shared tests {:.0} s summed over {threads} \
              thread(s) (at least {:.0} s of wall)",

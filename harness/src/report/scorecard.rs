@@ -347,18 +347,14 @@ pub fn suite_times(tests: &[TestRecord]) -> Vec<SuiteTime> {
     let mut by: Vec<SuiteTime> = Vec::new();
     for t in tests {
         let suite = suite_of(&t.name);
+        let exclusive_ms = if t.exclusive { t.duration_ms } else { 0.0 };
         match by.iter_mut().find(|s| s.suite == suite) {
             Some(s) => {
                 s.tests += 1;
                 s.ms += t.duration_ms;
-                s.exclusive_ms += if t.exclusive { t.duration_ms } else { 0.0 };
+                s.exclusive_ms += exclusive_ms;
             }
-            None => by.push(SuiteTime {
-                suite,
-                tests: 1,
-                ms: t.duration_ms,
-                exclusive_ms: if t.exclusive { t.duration_ms } else { 0.0 },
-            }),
+            None => by.push(SuiteTime { suite, tests: 1, ms: t.duration_ms, exclusive_ms }),
         }
     }
     by.sort_by(|a, b| b.ms.total_cmp(&a.ms));

@@ -376,8 +376,8 @@ async fn slow_op_completes<S: ServiceFixture>(ctx: TestCtx, a: Adapter<S>) -> an
     // The server ends the wait by its own clock (Redis times a BLPOP out in
     // whole ms from a time it may have cached), so the reply can come a
     // little before `d` as the client counts it (598.7 ms for 600 ms, seen
-    // on a busy runner, docker backend). A connection the server did not hold answers
-    // in a few ms: 90 % of `d` tells the two apart.
+    // on a busy runner, docker backend). A connection the server did not
+    // hold answers in a few ms: 90 % of `d` tells the two apart.
     let held = d - d / 10;
     ensure!(
         took >= held,
