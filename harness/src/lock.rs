@@ -2,6 +2,17 @@
 //! with any other test, in this process or in other processes of the same
 //! machine (nextest runs one process per test). One `flock` does both: every
 //! test holds it shared, an exclusive test holds it exclusively.
+//!
+//! `flock` alone lets shared holders starve an exclusive waiter: while two
+//! shared tests overlap, a third takes the lock shared beside them, and the
+//! exclusive one waits until the shared tests happen to leave a gap (measured:
+//! at `--test-threads 4` two benchmarks waited 360 s, the whole shared part of
+//! the run, and the run used 2 of its 4 threads). So an exclusive test first
+//! announces itself on a second lock file (the *turnstile*), held exclusively
+//! until it holds the test lock; a shared test passes the turnstile (takes it
+//! shared and lets go) before it takes the test lock. Exclusive tests then wait
+//! only for the shared tests already running, and new shared tests queue
+//! behind them.
 
 use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
 
@@ -29,21 +40,96 @@ fn lock_path() -> PathBuf {
     std::env::temp_dir().join(name)
 }
 
+fn open(path: PathBuf) -> std::io::Result<File> {
+    std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
+}
+
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+    loop {
+        // SAFETY: flock on a file descriptor we own; released when it closes.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 impl TestLock {
     /// Blocks until the lock is held (shared or exclusive).
     pub(crate) fn acquire(exclusive: bool) -> std::io::Result<TestLock> {
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(lock_path())?;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
-        loop {
-            // SAFETY: flock on a file descriptor we own; released when it closes.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if rc == 0 {
-                return Ok(TestLock { _file: file });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        Self::acquire_at(lock_path(), exclusive)
+    }
+
+    fn acquire_at(path: PathBuf, exclusive: bool) -> std::io::Result<TestLock> {
+        let mut turnstile_path = path.clone().into_os_string();
+        turnstile_path.push(".turnstile");
+        let turnstile = open(turnstile_path.into())?;
+        let file = open(path)?;
+        if exclusive {
+            flock(&turnstile, libc::LOCK_EX)?;
+            flock(&file, libc::LOCK_EX)?;
+        } else {
+            flock(&turnstile, libc::LOCK_SH)?;
+            flock(&file, libc::LOCK_SH)?;
         }
+        // Closing the turnstile lets the next test through it.
+        drop(turnstile);
+        Ok(TestLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            mpsc, Arc,
+        },
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    /// Shared tests overlapping without a gap must not starve an exclusive
+    /// one: it runs once the shared tests running when it asked have ended.
+    /// (With `flock` alone it waited until the shared ones stopped.)
+    #[test]
+    fn an_exclusive_test_is_not_starved_by_overlapping_shared_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.lock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for i in 0..2u64 {
+            let (stop, path) = (stop.clone(), path.clone());
+            workers.push(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(7 * i));
+                while !stop.load(Ordering::SeqCst) {
+                    let l = TestLock::acquire_at(path.clone(), false).unwrap();
+                    std::thread::sleep(Duration::from_millis(15));
+                    drop(l);
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let (tx, rx) = mpsc::channel();
+        let p = path.clone();
+        let exclusive = std::thread::spawn(move || {
+            let asked = Instant::now();
+            let l = TestLock::acquire_at(p, true).unwrap();
+            tx.send(asked.elapsed()).unwrap();
+            drop(l);
+        });
+        let waited = rx.recv_timeout(Duration::from_secs(5));
+        stop.store(true, Ordering::SeqCst);
+        for w in workers {
+            w.join().unwrap();
+        }
+        exclusive.join().unwrap();
+        let waited = waited.expect("the exclusive test was still waiting after 5 s while shared ones kept overlapping");
+        assert!(waited < Duration::from_secs(2), "the exclusive test waited {waited:?} behind shared ones");
     }
 }
