@@ -40,6 +40,21 @@ fn lock_path() -> PathBuf {
     std::env::temp_dir().join(name)
 }
 
+fn turnstile_path(lock: &std::path::Path) -> PathBuf {
+    let mut p = lock.to_path_buf().into_os_string();
+    p.push(".turnstile");
+    p.into()
+}
+
+/// Whether an open file is one of the runner's lock files. Test threads
+/// waiting for their turn hold them open, and a thread opens them for its
+/// next test the moment its last one ends: a test counting this process's
+/// fds (a leak check) must not count them.
+pub(crate) fn is_lock_file(path: &std::path::Path) -> bool {
+    let lock = lock_path();
+    path.file_name().is_some_and(|n| Some(n) == lock.file_name() || Some(n) == turnstile_path(&lock).file_name())
+}
+
 fn open(path: PathBuf) -> std::io::Result<File> {
     std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
 }
@@ -65,9 +80,7 @@ impl TestLock {
     }
 
     fn acquire_at(path: PathBuf, exclusive: bool) -> std::io::Result<TestLock> {
-        let mut turnstile_path = path.clone().into_os_string();
-        turnstile_path.push(".turnstile");
-        let turnstile = open(turnstile_path.into())?;
+        let turnstile = open(turnstile_path(&path))?;
         let file = open(path)?;
         if exclusive {
             flock(&turnstile, libc::LOCK_EX)?;
@@ -93,6 +106,14 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn the_lock_files_are_known_as_the_runners() {
+        let lock = lock_path();
+        assert!(is_lock_file(&lock) && is_lock_file(&turnstile_path(&lock)), "{lock:?}");
+        assert!(!is_lock_file(std::path::Path::new("/tmp/some-other.lock")));
+        assert!(!is_lock_file(std::path::Path::new("socket:[1234]")));
+    }
 
     /// Shared tests overlapping without a gap must not starve an exclusive
     /// one: it runs once the shared tests running when it asked have ended.

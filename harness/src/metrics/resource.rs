@@ -28,7 +28,8 @@ pub struct ProcessSnapshot {
 }
 
 /// Reads `/proc/self/status` (VmRSS, Threads) and counts `/proc/self/fd`
-/// (not counting the descriptor the listing itself uses). Linux only.
+/// (not counting the descriptor the listing itself uses, nor the runner's
+/// lock files, which other test threads open and close). Linux only.
 pub fn process_snapshot() -> std::io::Result<ProcessSnapshot> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let field = |name: &str| -> Option<u64> {
@@ -37,7 +38,12 @@ pub fn process_snapshot() -> std::io::Result<ProcessSnapshot> {
     let missing = |what: &str| std::io::Error::other(format!("/proc/self/status has no {what} line"));
     let rss_kb = field("VmRSS:").ok_or_else(|| missing("VmRSS"))?;
     let threads = field("Threads:").ok_or_else(|| missing("Threads"))?;
-    let listed = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+    let listed = std::fs::read_dir("/proc/self/fd")?
+        .filter(|e| {
+            let link = e.as_ref().ok().and_then(|e| std::fs::read_link(e.path()).ok());
+            !link.is_some_and(|l| crate::lock::is_lock_file(&l))
+        })
+        .count() as u64;
     Ok(ProcessSnapshot { rss_bytes: rss_kb * 1024, fds: listed.saturating_sub(1), threads })
 }
 
