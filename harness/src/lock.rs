@@ -46,13 +46,14 @@ fn turnstile_path(lock: &std::path::Path) -> PathBuf {
     p.into()
 }
 
-/// Whether an open file is one of the runner's lock files. Test threads
-/// waiting for their turn hold them open, and a thread opens them for its
-/// next test the moment its last one ends: a test counting this process's
-/// fds (a leak check) must not count them.
-pub(crate) fn is_lock_file(path: &std::path::Path) -> bool {
+/// The runner's two lock files (the test lock and its turnstile). Test
+/// threads waiting for their turn hold them open, and a thread opens them
+/// for its next test the moment its last one ends: a test counting this
+/// process's fds (a leak check) must not count them.
+pub(crate) fn lock_files() -> [PathBuf; 2] {
     let lock = lock_path();
-    path.file_name().is_some_and(|n| Some(n) == lock.file_name() || Some(n) == turnstile_path(&lock).file_name())
+    let turnstile = turnstile_path(&lock);
+    [lock, turnstile]
 }
 
 fn open(path: PathBuf) -> std::io::Result<File> {
@@ -99,7 +100,7 @@ impl TestLock {
 mod tests {
     use std::{
         sync::{
-            atomic::{AtomicBool, Ordering},
+            atomic::{AtomicBool, AtomicUsize, Ordering},
             mpsc, Arc,
         },
         time::{Duration, Instant},
@@ -107,12 +108,17 @@ mod tests {
 
     use super::*;
 
+    /// The fd counts leave out fds whose link has one of `lock_files()`'s
+    /// names: an fd `acquire` opens must have such a link.
     #[test]
-    fn the_lock_files_are_known_as_the_runners() {
-        let lock = lock_path();
-        assert!(is_lock_file(&lock) && is_lock_file(&turnstile_path(&lock)), "{lock:?}");
-        assert!(!is_lock_file(std::path::Path::new("/tmp/some-other.lock")));
-        assert!(!is_lock_file(std::path::Path::new("socket:[1234]")));
+    fn the_fds_acquire_opens_link_to_the_lock_files() {
+        let [lock, turnstile] = lock_files();
+        let names: Vec<_> = lock_files().iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+        for path in [lock, turnstile] {
+            let f = open(path.clone()).unwrap();
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+            assert!(names.iter().any(|n| Some(n.as_os_str()) == link.file_name()), "{path:?} opened as {link:?}");
+        }
     }
 
     /// Shared tests overlapping without a gap must not starve an exclusive
@@ -123,19 +129,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.lock");
         let stop = Arc::new(AtomicBool::new(false));
+        let holds = Arc::new(AtomicUsize::new(0));
         let mut workers = Vec::new();
         for i in 0..2u64 {
-            let (stop, path) = (stop.clone(), path.clone());
+            let (stop, holds, path) = (stop.clone(), holds.clone(), path.clone());
             workers.push(std::thread::spawn(move || {
+                // Staggered holds of 15 ms: the lock is never free.
                 std::thread::sleep(Duration::from_millis(7 * i));
                 while !stop.load(Ordering::SeqCst) {
                     let l = TestLock::acquire_at(path.clone(), false).unwrap();
+                    holds.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(15));
                     drop(l);
                 }
             }));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        while holds.load(Ordering::SeqCst) < 4 {
+            assert!(start.elapsed() < Duration::from_secs(5), "the shared holders never got going");
+            std::thread::yield_now();
+        }
         let (tx, rx) = mpsc::channel();
         let p = path.clone();
         let exclusive = std::thread::spawn(move || {

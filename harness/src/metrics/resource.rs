@@ -38,10 +38,12 @@ pub fn process_snapshot() -> std::io::Result<ProcessSnapshot> {
     let missing = |what: &str| std::io::Error::other(format!("/proc/self/status has no {what} line"));
     let rss_kb = field("VmRSS:").ok_or_else(|| missing("VmRSS"))?;
     let threads = field("Threads:").ok_or_else(|| missing("Threads"))?;
+    // By file name: the fd's link is the canonical path, temp_dir() may not be.
+    let runner = crate::lock::lock_files().map(|p| p.file_name().map(|n| n.to_owned()));
     let listed = std::fs::read_dir("/proc/self/fd")?
         .filter(|e| {
             let link = e.as_ref().ok().and_then(|e| std::fs::read_link(e.path()).ok());
-            !link.is_some_and(|l| crate::lock::is_lock_file(&l))
+            !link.is_some_and(|l| l.file_name().is_some_and(|n| runner.iter().any(|r| r.as_deref() == Some(n))))
         })
         .count() as u64;
     Ok(ProcessSnapshot { rss_bytes: rss_kb * 1024, fds: listed.saturating_sub(1), threads })
